@@ -1,0 +1,1 @@
+"""jaxmask: masked sequence models in pure JAX whose numbers match Keras exactly."""
