@@ -34,7 +34,7 @@ def check_mask(mask, batch_time: tuple, name: str = "mask"):
             f"`{name}` must be a [B, T] array matching the input's (B, T) = {tuple(batch_time)}; "
             f"received shape {shape}. Build one with jm.lengths_to_mask(lengths, T) or jm.compute_mask(x)."
         )
-    dtype = np.dtype(getattr(mask, "dtype", np.asarray(mask).dtype))
+    dtype = np.dtype(mask.dtype) if hasattr(mask, "dtype") else np.asarray(mask).dtype
     if dtype.kind not in "biuf":
         raise TypeError(f"`{name}` must be bool (True = valid step) or 0/1 numbers; received dtype {dtype}.")
     if dtype.kind == "b":

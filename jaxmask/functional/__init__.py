@@ -1,0 +1,1 @@
+"""Pure functions: the masked scan driver and cells, losses, reductions, metrics."""

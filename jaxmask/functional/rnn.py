@@ -1,0 +1,270 @@
+"""Keras-exact masked recurrence: activations, the LSTM / GRU / SimpleRNN cells and the one scan driver.
+
+Every function here is pure (arrays and param dicts in, arrays out), jit-able, vmap-able and
+differentiable. Weights use Keras names and layouts (H = units, F = input features):
+
+====================  ==================  ==========================  ==========================
+cell                  ``kernel``          ``recurrent_kernel``        ``bias``
+====================  ==================  ==========================  ==========================
+LSTM (gates i,f,c,o)  [F, 4H]             [H, 4H]                     [4H]
+GRU  (gates z,r,h)    [F, 3H]             [H, 3H]                     [2, 3H] (reset_after) / [3H]
+SimpleRNN             [F, H]              [H, H]                      [H]
+====================  ==================  ==========================  ==========================
+
+What a masked step does (Keras semantics, TF backend): every state is held, and the output is the
+previous step's output (``zero_output_for_mask=False``; 0 before the first valid step) or zeros
+(``zero_output_for_mask=True``). Padded inputs are replaced by 0 before they reach a cell, so NaN or
+Inf written into padding changes neither the outputs at valid steps nor any gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+# --------------------------------------------------------------------------------------------------
+# Activations by Keras name
+# --------------------------------------------------------------------------------------------------
+
+
+def _hard_sigmoid(x):
+    """Keras 3: relu6(x + 3) / 6."""
+    return jnp.clip(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+def _hard_sigmoid_legacy(x):
+    """Keras <= 2.2 (the seed's era): clip(0.2 x + 0.5, 0, 1)."""
+    return jnp.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "linear": lambda x: x,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_sigmoid_legacy": _hard_sigmoid_legacy,
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "softplus": jax.nn.softplus,
+    "softsign": jax.nn.soft_sign,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "exponential": jnp.exp,
+    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
+    "log_softmax": lambda x: jax.nn.log_softmax(x, axis=-1),
+    "hard_silu": jax.nn.hard_silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+}
+
+
+def get_activation(name: str | None, argument: str = "activation") -> Callable[[Array], Array]:
+    """Return the Keras activation called ``name`` (``None`` means linear).
+
+    ``"hard_sigmoid"`` is Keras 3's ``relu6(x + 3) / 6``; ``"hard_sigmoid_legacy"`` is Keras <= 2.2's
+    ``clip(0.2 x + 0.5, 0, 1)``.
+
+    Raises:
+      ValueError: ``name`` is not a known activation; the message names ``argument``.
+    """
+    if name is None:
+        return ACTIVATIONS["linear"]
+    if callable(name):
+        return name
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"`{argument}` must be one of {sorted(ACTIVATIONS)} or a callable; received {name!r}."
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells. A cell is split into a time-parallel input projection and a per-step recurrence so that the
+# input matmul runs once over all steps. `project(params, x[B, T, F]) -> [B, T, G]`;
+# `step(params, carry, xp_t[B, G], h_dropout[B, H] | None) -> (carry, output[B, H])`.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: its state names, its input projection and its step function."""
+
+    name: str
+    state_names: tuple[str, ...]
+    project: Callable
+    step: Callable
+
+
+def _bias(params, index=None):
+    b = params.get("bias")
+    if b is None:
+        return None
+    return b if index is None else b[index]
+
+
+def _project(params, x, index=None):
+    """x @ kernel (+ input bias): [B, T, F] -> [B, T, G]."""
+    z = jnp.einsum("btf,fg->btg", x, params["kernel"])
+    b = _bias(params, index)
+    return z if b is None else z + b
+
+
+def _recurrent_input(h, h_dropout):
+    return h if h_dropout is None else h * h_dropout
+
+
+def lstm_cell(activation="tanh", recurrent_activation="sigmoid") -> Cell:
+    """Keras LSTM cell: z = x W + h U + b; i, f, o = σ(z_i, z_f, z_o); c' = f c + i tanh(z_c); h' = o tanh(c')."""
+    act = get_activation(activation, "activation")
+    rec = get_activation(recurrent_activation, "recurrent_activation")
+
+    def step(params, carry, xp, h_dropout):
+        h, c = carry
+        z = xp + _recurrent_input(h, h_dropout) @ params["recurrent_kernel"]
+        zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
+        c = rec(zf) * c + rec(zi) * act(zc)
+        h = rec(zo) * act(c)
+        return (h, c), h
+
+    return Cell("lstm", ("h", "c"), _project, step)
+
+
+def gru_cell(activation="tanh", recurrent_activation="sigmoid", reset_after=True) -> Cell:
+    """Keras GRU cell (gates z, r, h). reset_after=True (Keras default, bias [2, 3H]):
+    ĥ = tanh(x W_h + b_h + r ⊙ (h U_h + b'_h)); reset_after=False (bias [3H]): ĥ = tanh(x W_h + b_h + (r ⊙ h) U_h).
+    Both: h' = z ⊙ h + (1 - z) ⊙ ĥ."""
+    act = get_activation(activation, "activation")
+    rec = get_activation(recurrent_activation, "recurrent_activation")
+
+    def project(params, x):
+        return _project(params, x, 0 if reset_after else None)
+
+    def step(params, carry, xp, h_dropout):
+        (h,) = carry
+        hd = _recurrent_input(h, h_dropout)
+        xz, xr, xh = jnp.split(xp, 3, axis=-1)
+        u = params["recurrent_kernel"]
+        if reset_after:
+            inner = hd @ u
+            b = _bias(params, 1)
+            if b is not None:
+                inner = inner + b
+            iz, ir, ih = jnp.split(inner, 3, axis=-1)
+            z = rec(xz + iz)
+            r = rec(xr + ir)
+            hh = act(xh + r * ih)
+        else:
+            n = u.shape[0]
+            inner = hd @ u[:, : 2 * n]
+            iz, ir = jnp.split(inner, 2, axis=-1)
+            z = rec(xz + iz)
+            r = rec(xr + ir)
+            hh = act(xh + (r * hd) @ u[:, 2 * n :])
+        h = z * h + (1.0 - z) * hh
+        return (h,), h
+
+    return Cell("gru", ("h",), project, step)
+
+
+def simple_rnn_cell(activation="tanh") -> Cell:
+    """Keras SimpleRNN cell: h' = tanh(x W + b + h U)."""
+    act = get_activation(activation, "activation")
+
+    def step(params, carry, xp, h_dropout):
+        (h,) = carry
+        h = act(xp + _recurrent_input(h, h_dropout) @ params["recurrent_kernel"])
+        return (h,), h
+
+    return Cell("simple_rnn", ("h",), _project, step)
+
+
+# --------------------------------------------------------------------------------------------------
+# The one masked scan driver
+# --------------------------------------------------------------------------------------------------
+
+
+def masked_scan(
+    cell: Cell,
+    params: dict,
+    x: Array,
+    mask: Array | None,
+    initial_state: tuple[Array, ...],
+    *,
+    go_backwards: bool = False,
+    zero_output_for_mask: bool = False,
+    initial_output: str = "zeros",
+    input_dropout: Array | None = None,
+    recurrent_dropout: Array | None = None,
+    unroll: int | bool = 1,
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """Run ``cell`` over time under a mask, exactly as Keras' ``backend.rnn`` does.
+
+    .. math::
+        (s_t, y_t) = \\text{cell}(s_{t-1}, x_t) \\text{ if } m_t \\text{ else } (s_{t-1}, y^{\\text{masked}}_t)
+
+    with y^masked_t = y_{t-1} (``zero_output_for_mask=False``) or 0 (``True``).
+
+    Args:
+      cell: from :func:`lstm_cell`, :func:`gru_cell` or :func:`simple_rnn_cell`.
+      params: ``{"kernel", "recurrent_kernel", "bias"?}`` in Keras layout.
+      x: [B, T, F] inputs.
+      mask: bool [B, T] (True = valid step) or None.
+      initial_state: one [B, H] array per ``cell.state_names``.
+      go_backwards: process the whole padded sequence reversed (padding included) and return the
+        outputs in processed, i.e. reversed, order (Keras' behaviour).
+      zero_output_for_mask: output 0 at masked steps instead of the previous output.
+      initial_output: what a masked step outputs before any valid step when
+        ``zero_output_for_mask=False``: ``"zeros"`` (Keras TF backend) or ``"initial_state"`` (the
+        initial h, as Keras' JAX backend does).
+      input_dropout: [B, F] mask, already scaled by 1 / (1 - rate), multiplied into every step's input.
+      recurrent_dropout: [B, H] scaled mask multiplied into h before the recurrent matmul.
+      unroll: passed to ``lax.scan``.
+
+    Returns:
+      ``(outputs [B, T, H], last_output [B, H], final_state)`` where ``last_output = outputs[:, -1]``
+      (0 under post-padding with ``zero_output_for_mask=True``, as Keras) and ``final_state`` holds the
+      state of the last valid step.
+    """
+    if mask is not None:
+        x = jnp.where(mask[:, :, None], x, jnp.zeros((), x.dtype))
+    if input_dropout is not None:
+        x = x * input_dropout[:, None, :]
+    xp = cell.project(params, x)
+    if go_backwards:
+        xp = jnp.flip(xp, axis=1)
+        mask = None if mask is None else jnp.flip(mask, axis=1)
+    xp = jnp.swapaxes(xp, 0, 1)  # [T, B, G]
+    carry0 = tuple(initial_state)
+
+    def plain(carry, xp_t):
+        return cell.step(params, carry, xp_t, recurrent_dropout)
+
+    if mask is None:
+        carry, ys = lax.scan(plain, carry0, xp, unroll=unroll)
+    else:
+        if zero_output_for_mask or initial_output == "zeros":
+            y0 = jnp.zeros_like(carry0[0])
+        else:
+            y0 = carry0[0]
+
+        def body(state, inputs):
+            carry, y_prev = state
+            xp_t, m_t = inputs
+            new_carry, y = cell.step(params, carry, xp_t, recurrent_dropout)
+            keep = m_t[:, None]
+            new_carry = tuple(jnp.where(keep, n, o) for n, o in zip(new_carry, carry))
+            y = jnp.where(keep, y, jnp.zeros_like(y) if zero_output_for_mask else y_prev)
+            return (new_carry, y), y
+
+        (carry, _), ys = lax.scan(body, (carry0, y0), (xp, jnp.swapaxes(mask, 0, 1)), unroll=unroll)
+    outputs = jnp.swapaxes(ys, 0, 1)
+    return outputs, ys[-1], carry

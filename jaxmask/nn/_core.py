@@ -1,0 +1,203 @@
+"""Flax NNX layers around the recurrent core: Masking, Embedding, Dense, Activation, Dropout,
+GlobalAveragePooling1D, TimeDistributed, and the base class that carries Keras' mask propagation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmask._checks import check_mask, check_rank
+from jaxmask.functional.rnn import get_activation
+
+_INITIALIZERS = {
+    "glorot_uniform": jax.nn.initializers.glorot_uniform(),
+    "orthogonal": jax.nn.initializers.orthogonal(),
+    "zeros": jax.nn.initializers.zeros,
+    "embedding_uniform": jax.nn.initializers.uniform(0.1),  # shifted to U(-0.05, 0.05) below
+}
+
+
+def keras_init(name: str, key, shape, dtype=jnp.float32):
+    """Keras' default initialisers: glorot_uniform (kernels), orthogonal (recurrent kernels), zeros,
+    and Embedding's U(-0.05, 0.05)."""
+    w = _INITIALIZERS[name](key, shape, dtype)
+    return w - 0.05 if name == "embedding_uniform" else w
+
+
+def rng_stream(rngs: nnx.Rngs):
+    """The dropout stream of ``rngs`` (falls back to its default stream), forked so layers draw independently."""
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"`rngs` must be an nnx.Rngs, e.g. nnx.Rngs(0); received {type(rngs).__name__}.")
+    name = "dropout" if "dropout" in rngs else "default"
+    return rngs[name].fork()
+
+
+def as_input(x, layer: str, rank: int = 3, layout: str = "[B, T, F]"):
+    """Turn ``x`` into an array of the given rank, with a clear error for ragged lists and wrong ranks."""
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x, dtype=np.float32)
+        except ValueError:
+            raise ValueError(
+                f"{layer} received a ragged list of sequences (different lengths) as `x`; pad them first with "
+                "jm.pad_sequences(seqs, padding='post', dtype='float32') and pass the mask from jm.compute_mask or "
+                "jm.lengths_to_mask."
+            ) from None
+    if not hasattr(x, "shape"):
+        raise TypeError(f"{layer}: `x` must be an array of layout {layout}; received {type(x).__name__}.")
+    check_rank("x", x, rank, layout, hint=f"({layer} input)")
+    return jnp.asarray(x)
+
+
+class Layer(nnx.Module):
+    """Base: a layer maps ``(x, mask)`` to outputs and passes the mask on as Keras does."""
+
+    def compute_output_mask(self, x, mask):
+        """The mask Keras passes to the next layer: unchanged by default (Dense, Dropout, Activation)."""
+        return mask
+
+
+class Masking(Layer):
+    """Masks every step whose features all equal ``mask_value`` and zeroes it.
+
+    .. math:: m_{b,t} = \\exists f: x_{b,t,f} \\ne v, \\qquad y = \\text{where}(m, x, 0)
+
+    A NaN step is valid (NaN != v). Keras equivalent: ``keras.layers.Masking(mask_value)`` (Keras 3 outputs
+    ``where(mask, x, 0)``; tf_keras multiplies, giving -0.0 at masked steps).
+    """
+
+    def __init__(self, mask_value: float = 0.0):
+        self.mask_value = mask_value
+
+    def compute_output_mask(self, x, mask=None):
+        x = as_input(x, "Masking")
+        return jnp.any(x != self.mask_value, axis=-1)
+
+    def __call__(self, x, mask=None):
+        x = as_input(x, "Masking")
+        m = jnp.any(x != self.mask_value, axis=-1)
+        return jnp.where(m[:, :, None], x, jnp.zeros((), x.dtype))
+
+
+class Embedding(Layer):
+    """Token embedding: int [B, T] -> [B, T, output_dim]; with ``mask_zero=True`` token 0 is masked.
+
+    Keras equivalent: ``keras.layers.Embedding(input_dim, output_dim, mask_zero=...)`` (weight ``embeddings``).
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, *, mask_zero: bool = False, rngs: nnx.Rngs):
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.mask_zero = mask_zero
+        self.embeddings = nnx.Param(keras_init("embedding_uniform", rngs.params(), (self.input_dim, self.output_dim)))
+
+    def _ids(self, x):
+        x = as_input(x, "Embedding", rank=2, layout="[B, T] (integer token ids)")
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"Embedding: `x` must hold integer token ids; received dtype {x.dtype}.")
+        return x
+
+    def __call__(self, x, mask=None):
+        return jnp.take(self.embeddings[...], self._ids(x), axis=0)
+
+    def compute_output_mask(self, x, mask=None):
+        return self._ids(x) != 0 if self.mask_zero else mask
+
+
+class Dense(Layer):
+    """y = activation(x W + b) on the last axis; kernel [F, units], bias [units]. Passes the mask on.
+
+    Keras equivalent: ``keras.layers.Dense(units, activation=...)`` (glorot_uniform kernel, zero bias).
+    """
+
+    def __init__(self, in_features: int, units: int, *, activation=None, use_bias: bool = True, rngs: nnx.Rngs):
+        self.in_features = int(in_features)
+        self.units = int(units)
+        self.activation = activation
+        self._act = get_activation(activation)
+        self.kernel = nnx.Param(keras_init("glorot_uniform", rngs.params(), (self.in_features, self.units)))
+        self.bias = nnx.Param(jnp.zeros((self.units,), jnp.float32)) if use_bias else nnx.data(None)
+
+    def __call__(self, x, mask=None):
+        x = jnp.asarray(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Dense(in_features={self.in_features}) received x.shape={x.shape}; the last axis must be "
+                f"{self.in_features}."
+            )
+        y = x @ self.kernel[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return self._act(y)
+
+
+class Activation(Layer):
+    """Applies a Keras activation by name. Keras equivalent: ``keras.layers.Activation(name)``."""
+
+    def __init__(self, activation):
+        self.activation = activation
+        self._act = get_activation(activation)
+
+    def __call__(self, x, mask=None):
+        return self._act(jnp.asarray(x))
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training keeps each value with probability 1 - rate and scales it by 1/(1 - rate).
+
+    Off after ``model.eval()`` (``deterministic=True``). Keras equivalent: ``keras.layers.Dropout(rate)``.
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs | None = None):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1); received {rate!r}.")
+        self.rate = rate
+        self.deterministic = False
+        self.rngs = rng_stream(rngs) if rngs is not None else nnx.data(None)
+
+    def __call__(self, x, mask=None):
+        x = jnp.asarray(x)
+        if self.deterministic or self.rate == 0.0:
+            return x
+        if self.rngs is None:
+            raise ValueError("Dropout in training mode needs `rngs`: build it with Dropout(rate, rngs=nnx.Rngs(0)).")
+        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, x.shape)
+        return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+class GlobalAveragePooling1D(Layer):
+    """Masked mean over time: [B, T, F] -> [B, F], y = Σ_t m x / Σ_t m; consumes the mask.
+
+    A fully masked row gives 0 (Keras gives NaN there: 0/0). Keras equivalent:
+    ``keras.layers.GlobalAveragePooling1D()``.
+    """
+
+    def __call__(self, x, mask=None):
+        x = as_input(x, "GlobalAveragePooling1D")
+        if mask is None:
+            return jnp.mean(x, axis=1)
+        m = check_mask(mask, x.shape[:2])[:, :, None]
+        total = jnp.sum(jnp.where(m, x, jnp.zeros((), x.dtype)), axis=1)
+        count = jnp.sum(m, axis=1).astype(x.dtype)
+        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.zeros((), x.dtype))
+
+    def compute_output_mask(self, x, mask):
+        return None
+
+
+class TimeDistributed(Layer):
+    """Applies ``layer`` to every step of [B, T, ...]; passes the mask on.
+
+    Keras equivalent: ``keras.layers.TimeDistributed(layer)``.
+    """
+
+    def __init__(self, layer: Layer):
+        self.layer = layer
+
+    def __call__(self, x, mask=None):
+        x = jnp.asarray(x)
+        b, t = x.shape[:2]
+        y = self.layer(x.reshape((b * t,) + x.shape[2:]))
+        return y.reshape((b, t) + y.shape[1:])
