@@ -115,7 +115,7 @@ def _project(params, x, index=None):
     """x @ kernel (+ input bias): [B, T, F] -> [B, T, G]."""
     z = jnp.einsum("btf,fg->btg", x, params["kernel"])
     b = _bias(params, index)
-    return z if b is None else z + b
+    return z if b is None else z + b[None, None, :]
 
 
 def _recurrent_input(h, h_dropout):
@@ -157,7 +157,7 @@ def gru_cell(activation="tanh", recurrent_activation="sigmoid", reset_after=True
             inner = hd @ u
             b = _bias(params, 1)
             if b is not None:
-                inner = inner + b
+                inner = inner + b[None, :]
             iz, ir, ih = jnp.split(inner, 3, axis=-1)
             z = rec(xz + iz)
             r = rec(xr + ir)

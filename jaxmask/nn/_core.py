@@ -129,7 +129,7 @@ class Dense(Layer):
             )
         y = x @ self.kernel[...]
         if self.bias is not None:
-            y = y + self.bias[...]
+            y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
         return self._act(y)
 
 
