@@ -1,0 +1,280 @@
+"""Safe HDF5 access: open from a memory image, walk and vet every link and dataset, read only checked data.
+
+The rules (each refusal is an ``UnsafeFileError`` naming the object):
+- the file is opened from bytes in memory (core driver + file image); HDF5 never opens a path by itself;
+- every link is inspected with ``group.get(name, getlink=True)`` before anything is resolved through it:
+  soft links, external links and user-defined links are refused (they alias, loop, or read other files);
+- every dataset is vetted before any data is read: external storage, virtual layout, filters other than
+  deflate/shuffle/fletcher32 (an unknown filter makes HDF5 load a plugin), non-numeric types, and a
+  declared size the file does not store (a 4 TiB shape in a 5 KB file) are refused;
+- weights are read only after their declared shape equals the shape the architecture expects, into a
+  float32 buffer of exactly that shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+
+from jaxmask.keras_io._limits import Limits, human_bytes, refuse
+
+_IMAGE_NAME = b"jaxmask-keras-io-in-memory.h5"
+_ALLOWED_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE: "deflate",
+    h5py.h5z.FILTER_SHUFFLE: "shuffle",
+    h5py.h5z.FILTER_FLETCHER32: "fletcher32",
+}
+_NUMERIC_CLASSES = {h5py.h5t.FLOAT: "float", h5py.h5t.INTEGER: "integer"}
+_TYPE_CLASS_NAMES = {
+    h5py.h5t.INTEGER: "integer", h5py.h5t.FLOAT: "float", h5py.h5t.TIME: "time", h5py.h5t.STRING: "string",
+    h5py.h5t.BITFIELD: "bitfield", h5py.h5t.OPAQUE: "opaque", h5py.h5t.COMPOUND: "compound",
+    h5py.h5t.REFERENCE: "reference (object)", h5py.h5t.ENUM: "enum", h5py.h5t.VLEN: "variable-length",
+    h5py.h5t.ARRAY: "array",
+}
+# Errors h5py raises on malformed files.
+H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, OverflowError, UnicodeError)
+
+
+def open_image(data: bytes, what: str) -> h5py.File:
+    """Open HDF5 ``data`` read-only from memory (``what`` names it in messages)."""
+    try:
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_fapl_core(backing_store=False)
+        fapl.set_file_image(data)
+        fid = h5py.h5f.open(_IMAGE_NAME, h5py.h5f.ACC_RDONLY, fapl=fapl)
+        return h5py.File(fid)
+    except H5_ERRORS as e:
+        refuse(f"{what} is not a readable HDF5 file: {type(e).__name__}: {e}")
+
+
+def _hard_link(group: h5py.Group, name: str, where: str) -> bool:
+    """True for a hard link called ``name`` in ``group``, False when there is none; refuses any other link."""
+    try:
+        link = group.get(name, getlink=True)
+    except H5_ERRORS as e:
+        refuse(f"HDF5 link {where!r} cannot be inspected ({type(e).__name__}: {e}); refusing unknown link types.")
+    if isinstance(link, h5py.ExternalLink):
+        refuse(
+            f"HDF5 object {where!r} is an external link to {link.path!r} in file {link.filename!r}: "
+            "it would read another file on this machine (CVE-2026-1669 class)."
+        )
+    if isinstance(link, h5py.SoftLink):
+        refuse(f"HDF5 object {where!r} is a soft link to {link.path!r}: soft links can alias weights or loop.")
+    if link is None:
+        return False
+    if not isinstance(link, h5py.HardLink):
+        refuse(f"HDF5 object {where!r} is a link of an unknown kind.")
+    return True
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent.rstrip('/')}/{name}"
+
+
+def check_dataset(ds: h5py.Dataset, where: str, limits: Limits) -> tuple:
+    """Vet ``ds`` without reading it; return its declared shape."""
+    try:
+        dcpl = ds.id.get_create_plist()
+        layout = dcpl.get_layout()
+        n_external = dcpl.get_external_count()
+        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())] if layout == h5py.h5d.CHUNKED else []
+        h5type = ds.id.get_type()
+        type_class = h5type.get_class()
+        itemsize = h5type.get_size()
+        shape = ds.shape
+        stored = ds.id.get_storage_size()
+    except H5_ERRORS as e:
+        refuse(f"HDF5 dataset {where!r} cannot be inspected: {type(e).__name__}: {e}")
+    if layout == h5py.h5d.VIRTUAL:
+        refuse(f"HDF5 dataset {where!r} is a virtual dataset: its data would be read from other files.")
+    if n_external:
+        names = [dcpl.get_external(i)[0] for i in range(min(n_external, 4))]
+        refuse(
+            f"HDF5 dataset {where!r} keeps its data in external file(s) {names}: reading it would read another "
+            "file on this machine (CVE-2026-1669 class)."
+        )
+    if layout not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED):
+        refuse(f"HDF5 dataset {where!r} has an unknown storage layout ({layout}).")
+    for code in filters:
+        if code not in _ALLOWED_FILTERS:
+            refuse(
+                f"HDF5 dataset {where!r} uses filter {code}, which is not one of {sorted(_ALLOWED_FILTERS.values())}"
+                ": HDF5 would look for a plugin library to decode it."
+            )
+    if type_class not in _NUMERIC_CLASSES:
+        name = _TYPE_CLASS_NAMES.get(type_class, f"class {type_class}")
+        refuse(f"HDF5 dataset {where!r} has a {name} type; weights must be numeric (float or integer).")
+    if (type_class == h5py.h5t.FLOAT and itemsize not in (2, 4, 8)) or itemsize not in (1, 2, 4, 8):
+        refuse(f"HDF5 dataset {where!r} has an unsupported {itemsize}-byte {_NUMERIC_CLASSES[type_class]} type.")
+    if shape is None:
+        refuse(f"HDF5 dataset {where!r} has a null dataspace (no shape).")
+    declared = math.prod(shape) * itemsize
+    if declared > limits.max_file_bytes:
+        refuse(
+            f"HDF5 dataset {where!r} declares shape {shape} = {human_bytes(declared)}, over the limit of "
+            f"{human_bytes(limits.max_file_bytes)} (shape bomb, CVE-2026-0897 class)."
+        )
+    needed = declared if not filters else -(-declared // limits.max_h5_ratio)
+    if stored < needed:
+        refuse(
+            f"HDF5 dataset {where!r} declares shape {shape} = {human_bytes(declared)} but the file stores only "
+            f"{human_bytes(stored)} for it: a shape bomb (CVE-2026-0897 class) or a truncated file."
+        )
+    return shape
+
+
+class Walker:
+    """Visits every link of a file once (bounded by count and depth) and vets it."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.count = 0
+
+    def walk(self, root: h5py.Group) -> None:
+        stack = [(root, "/", 0)]
+        while stack:
+            group, path, depth = stack.pop()
+            try:
+                n = len(group)
+                self._check_attrs(group, path)
+                names = list(group) if n + self.count <= self.limits.max_h5_objects else None
+            except H5_ERRORS as e:
+                refuse(f"HDF5 group {path!r} cannot be listed: {type(e).__name__}: {e}")
+            if names is None or len(names) != n:
+                refuse(f"the HDF5 file has more than {self.limits.max_h5_objects} objects, over the limit.")
+            self.count += n
+            for name in names:
+                where = _join(path, name)
+                if not _hard_link(group, name, where):
+                    refuse(f"HDF5 object {where!r} is listed but cannot be found.")
+                try:
+                    cls = group.get(name, getclass=True)
+                    obj = group[name] if cls in (h5py.Group, h5py.Dataset) else None
+                except H5_ERRORS as e:
+                    refuse(f"HDF5 object {where!r} cannot be opened: {type(e).__name__}: {e}")
+                if cls is h5py.Dataset:
+                    check_dataset(obj, where, self.limits)
+                    self._check_attrs(obj, where)
+                elif cls is h5py.Group:
+                    if depth + 1 > self.limits.max_h5_depth:
+                        refuse(
+                            f"HDF5 group {where!r} is nested deeper than {self.limits.max_h5_depth} levels "
+                            "(or hard links form a cycle)."
+                        )
+                    stack.append((obj, where, depth + 1))
+                else:
+                    refuse(f"HDF5 object {where!r} is a {getattr(cls, '__name__', cls)}, not a group or dataset.")
+
+    def _check_attrs(self, obj, where: str) -> None:
+        n = len(obj.attrs)
+        self.count += n
+        if self.count > self.limits.max_h5_objects:
+            refuse(f"the HDF5 file has more than {self.limits.max_h5_objects} objects and attributes.")
+
+
+def resolve(root: h5py.Group, path: str, where: str = "") -> h5py.Group | h5py.Dataset | None:
+    """The object at ``path`` (components separated by "/") under ``root``, following hard links only;
+    ``None`` if a component is missing."""
+    obj = root
+    trail = where or root.name
+    for part in path.split("/"):
+        if part in ("", ".", "..") or "\x00" in part:
+            refuse(f"HDF5 path {path!r} (under {trail!r}) has an empty, '.' or '..' component.")
+        if not isinstance(obj, h5py.Group):
+            return None
+        here = _join(trail, part)
+        if not _hard_link(obj, part, here):
+            return None
+        try:
+            obj = obj[part]
+        except H5_ERRORS as e:
+            refuse(f"HDF5 object {here!r} cannot be opened: {type(e).__name__}: {e}")
+        trail = here
+    return obj
+
+
+def read_weight(ds, where: str, expected_shape: tuple, limits: Limits) -> np.ndarray:
+    """Read ``ds`` as float32 after checking it is a float dataset of exactly ``expected_shape``."""
+    if not isinstance(ds, h5py.Dataset):
+        refuse(f"{where!r} should be a weight dataset of shape {expected_shape} but is missing or a group.")
+    shape = check_dataset(ds, where, limits)
+    if tuple(shape) != tuple(expected_shape):
+        refuse(
+            f"weight {where!r} declares shape {tuple(shape)} but the architecture expects {tuple(expected_shape)}; "
+            "refusing before reading any data."
+        )
+    if ds.id.get_type().get_class() != h5py.h5t.FLOAT:
+        refuse(f"weight {where!r} has an integer type; Keras weights are floating point.")
+    if "dtype" in ds.attrs:
+        refuse(f"weight {where!r} carries a 'dtype' attribute ({read_str_attr(ds, 'dtype', where, limits)!r}); "
+               "only float16/32/64 weights are supported.")
+    out = np.empty(expected_shape, np.float32)
+    if out.size:
+        try:
+            ds.read_direct(out)
+        except H5_ERRORS as e:
+            refuse(f"weight {where!r} cannot be read: {type(e).__name__}: {e}")
+    return out
+
+
+def _attr_id(obj, name: str, where: str, limits: Limits):
+    try:
+        if name not in obj.attrs:
+            return None
+        aid = obj.attrs.get_id(name)
+        shape = aid.shape
+        type_class = aid.get_type().get_class()
+    except H5_ERRORS as e:
+        refuse(f"attribute {name!r} of {where!r} cannot be inspected: {type(e).__name__}: {e}")
+    if shape is None or math.prod(shape) > limits.max_attr_elements:
+        refuse(f"attribute {name!r} of {where!r} has shape {shape}; at most {limits.max_attr_elements} elements.")
+    return aid, shape, type_class
+
+
+def _decode(value, name: str, where: str) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            refuse(f"attribute {name!r} of {where!r} is not valid UTF-8.")
+    if isinstance(value, str):
+        return value
+    refuse(f"attribute {name!r} of {where!r} should hold text; it holds {type(value).__name__}.")
+
+
+def _read_attr(obj, name: str, where: str):
+    try:
+        return obj.attrs[name]
+    except H5_ERRORS as e:
+        refuse(f"attribute {name!r} of {where!r} cannot be read: {type(e).__name__}: {e}")
+
+
+def read_str_attr(obj, name: str, where: str, limits: Limits) -> str | None:
+    """A scalar text attribute (``model_config``, ``keras_version``), or ``None`` when absent."""
+    found = _attr_id(obj, name, where, limits)
+    if found is None:
+        return None
+    _, shape, type_class = found
+    if type_class != h5py.h5t.STRING or shape not in ((), (1,)):
+        refuse(f"attribute {name!r} of {where!r} should be one string; it is {shape} of type class {type_class}.")
+    value = _read_attr(obj, name, where)
+    if shape == (1,):
+        value = value[0]
+    return _decode(value, name, where)
+
+
+def read_str_list_attr(obj, name: str, where: str, limits: Limits) -> list[str] | None:
+    """A 1-D list of strings (``layer_names``, ``weight_names``; Keras writes an empty list as float64 []),
+    or ``None`` when absent."""
+    found = _attr_id(obj, name, where, limits)
+    if found is None:
+        return None
+    _, shape, type_class = found
+    if len(shape) != 1 or (type_class != h5py.h5t.STRING and shape != (0,)):
+        refuse(f"attribute {name!r} of {where!r} should be a list of strings; it is {shape} of type class "
+               f"{type_class}.")
+    if shape == (0,):
+        return []
+    return [_decode(v, name, where) for v in _read_attr(obj, name, where)]
