@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask.functional import fused as fused_lstm
+
 Array = jax.Array
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +137,8 @@ def lstm_cell(activation="tanh", recurrent_activation="sigmoid") -> Cell:
         h = rec(zo) * act(c)
         return (h, c), h
 
-    return Cell("lstm", ("h", "c"), _project, step)
+    standard = activation == "tanh" and recurrent_activation == "sigmoid"
+    return Cell("lstm_standard" if standard else "lstm", ("h", "c"), _project, step)
 
 
 def gru_cell(activation="tanh", recurrent_activation="sigmoid", reset_after=True) -> Cell:
@@ -205,13 +208,17 @@ def masked_scan(
     input_dropout: Array | None = None,
     recurrent_dropout: Array | None = None,
     unroll: int | bool = 1,
+    fused: bool = True,
+    remat: bool = False,
 ) -> tuple[Array, Array, tuple[Array, ...]]:
     """Run ``cell`` over time under a mask, exactly as Keras' ``backend.rnn`` does.
 
     .. math::
-        (s_t, y_t) = \\text{cell}(s_{t-1}, x_t) \\text{ if } m_t \\text{ else } (s_{t-1}, y^{\\text{masked}}_t)
+        s_t = \\text{cell}(s_{t-1}, x_t) \\text{ if } m_t \\text{ else } s_{t-1}, \\qquad
+        y_t = h_t \\text{ if } m_t \\text{ else } (0 \\text{ if zero\\_output\\_for\\_mask else } y_{t-1})
 
-    with y^masked_t = y_{t-1} (``zero_output_for_mask=False``) or 0 (``True``).
+    with y_{-1} = 0. Because every cell's output is its h and h is held at masked steps, the masked
+    outputs are derived after the scan from the held states: y_t = h_t once any step up to t was valid.
 
     Args:
       cell: from :func:`lstm_cell`, :func:`gru_cell` or :func:`simple_rnn_cell`.
@@ -228,6 +235,10 @@ def masked_scan(
       input_dropout: [B, F] mask, already scaled by 1 / (1 - rate), multiplied into every step's input.
       recurrent_dropout: [B, H] scaled mask multiplied into h before the recurrent matmul.
       unroll: passed to ``lax.scan``.
+      fused: use the hand-written VJP of :mod:`jaxmask.functional.fused` for the standard LSTM
+        (same numbers, faster gradients); ``False`` differentiates the plain scan.
+      remat: recompute gates in the backward pass instead of storing them (fused LSTM only; for
+        very long sequences).
 
     Returns:
       ``(outputs [B, T, H], last_output [B, H], final_state)`` where ``last_output = outputs[:, -1]``
@@ -238,33 +249,37 @@ def masked_scan(
         x = jnp.where(mask[:, :, None], x, jnp.zeros((), x.dtype))
     if input_dropout is not None:
         x = x * input_dropout[:, None, :]
-    xp = cell.project(params, x)
+    xp = jnp.swapaxes(cell.project(params, x), 0, 1)  # [T, B, G]
+    mask_t = None if mask is None else jnp.swapaxes(mask, 0, 1)  # [T, B]
     if go_backwards:
-        xp = jnp.flip(xp, axis=1)
-        mask = None if mask is None else jnp.flip(mask, axis=1)
-    xp = jnp.swapaxes(xp, 0, 1)  # [T, B, G]
+        xp = jnp.flip(xp, axis=0)
+        mask_t = None if mask_t is None else jnp.flip(mask_t, axis=0)
     carry0 = tuple(initial_state)
 
-    def plain(carry, xp_t):
-        return cell.step(params, carry, xp_t, recurrent_dropout)
-
-    if mask is None:
-        carry, ys = lax.scan(plain, carry0, xp, unroll=unroll)
+    if fused and cell.name == "lstm_standard":
+        scan = fused_lstm.lstm_scan(mask_t is not None, recurrent_dropout is not None, unroll, remat)
+        dummy = jnp.zeros((), bool)
+        hs, h_t, c_t = scan(
+            params["recurrent_kernel"], xp, dummy if mask_t is None else mask_t, carry0[0], carry0[1],
+            dummy if recurrent_dropout is None else recurrent_dropout,
+        )
+        final = (h_t, c_t)
     else:
-        if zero_output_for_mask or initial_output == "zeros":
-            y0 = jnp.zeros_like(carry0[0])
-        else:
-            y0 = carry0[0]
 
-        def body(state, inputs):
-            carry, y_prev = state
+        def body(carry, inputs):
             xp_t, m_t = inputs
-            new_carry, y = cell.step(params, carry, xp_t, recurrent_dropout)
-            keep = m_t[:, None]
-            new_carry = tuple(jnp.where(keep, n, o) for n, o in zip(new_carry, carry))
-            y = jnp.where(keep, y, jnp.zeros_like(y) if zero_output_for_mask else y_prev)
-            return (new_carry, y), y
+            new_carry, _ = cell.step(params, carry, xp_t, recurrent_dropout)
+            if m_t is not None:
+                keep = m_t[:, None]
+                new_carry = tuple(jnp.where(keep, n, o) for n, o in zip(new_carry, carry))
+            return new_carry, new_carry[0]
 
-        (carry, _), ys = lax.scan(body, (carry0, y0), (xp, jnp.swapaxes(mask, 0, 1)), unroll=unroll)
-    outputs = jnp.swapaxes(ys, 0, 1)
-    return outputs, ys[-1], carry
+        final, hs = lax.scan(body, carry0, (xp, mask_t), unroll=unroll)
+
+    if mask_t is not None:
+        if zero_output_for_mask:
+            hs = jnp.where(mask_t[:, :, None], hs, jnp.zeros((), hs.dtype))
+        elif initial_output == "zeros":
+            seen = jnp.cumsum(mask_t, axis=0, dtype=jnp.int32) > 0
+            hs = jnp.where(seen[:, :, None], hs, jnp.zeros((), hs.dtype))
+    return jnp.swapaxes(hs, 0, 1), hs[-1], final
