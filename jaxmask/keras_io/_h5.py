@@ -159,8 +159,9 @@ class Walker:
                     self._check_attrs(obj, where)
                 elif cls is h5py.Group:
                     if depth + 1 > self.limits.max_h5_depth:
+                        shown = where if len(where) <= 120 else f"{where[:60]}...{where[-60:]}"
                         refuse(
-                            f"HDF5 group {where!r} is nested deeper than {self.limits.max_h5_depth} levels "
+                            f"HDF5 group {shown!r} is nested deeper than {self.limits.max_h5_depth} levels "
                             "(or hard links form a cycle)."
                         )
                     stack.append((obj, where, depth + 1))
