@@ -261,7 +261,7 @@ def _vars_groups(spec, path: str) -> dict[str, str]:
 def _write_image(model: nn.Sequential) -> bytes:
     """The bytes of a Keras 3 ``.weights.h5`` holding ``model``'s weights, built in memory."""
     specs = describe_model(model)
-    with h5py.File(b"jaxmask-save-weights.h5", "w", driver="core", backing_store=False) as f:
+    with h5py.File(_h5.IMAGE_NAME, "w", driver="core", backing_store=False) as f:
         f.create_group("vars").attrs["name"] = "sequential"
         for layer, spec, path in zip(model.layers, specs, keras3_paths(specs)):
             for group, name in _vars_groups(spec, path).items():

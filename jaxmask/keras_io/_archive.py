@@ -40,9 +40,9 @@ def read_file(path, limits: Limits) -> bytes:
                 f"{os.fspath(path)!r} is {human_bytes(st.st_size)}, over the limit of "
                 f"{human_bytes(limits.max_file_bytes)}; raise Limits.max_file_bytes if the file is trusted."
             )
-        data = f.read(limits.max_file_bytes + 1)
-    if len(data) > limits.max_file_bytes:
-        refuse(f"{os.fspath(path)!r} grew past {human_bytes(limits.max_file_bytes)} while being read.")
+        data = f.read(st.st_size + 1)
+    if len(data) > st.st_size:
+        refuse(f"{os.fspath(path)!r} grew while being read.")
     return data
 
 
@@ -106,9 +106,35 @@ def _check_member(info: zipfile.ZipInfo, limits: Limits) -> None:
 
 
 
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_EOCD64 = b"PK\x06\x06"
+_MAX_CD_ENTRY_BYTES = 1024  # 46-byte header + name (<= 512) + extra fields and comment
+
+
+def _check_directory_size(data: bytes, limits: Limits) -> None:
+    """Refuse from the end-of-central-directory record alone when the archive declares more members, or a
+    larger central directory, than the limits allow: the zip module would otherwise parse all of it first."""
+    end = data.rfind(_EOCD, max(0, len(data) - 22 - 65535))
+    if end < 0 or end + 22 > len(data):
+        return  # not a zip the quick check understands; zipfile decides
+    count, cd_size = struct.unpack("<HI", data[end + 10 : end + 16])
+    locator = end - 20
+    if (count == 0xFFFF or cd_size == 0xFFFFFFFF) and locator >= 0 and data[locator : locator + 4] == _EOCD64_LOCATOR:
+        (offset,) = struct.unpack("<Q", data[locator + 8 : locator + 16])
+        if offset + 56 <= len(data) and data[offset : offset + 4] == _EOCD64:
+            count, cd_size = struct.unpack("<QQ", data[offset + 32 : offset + 48])
+    if count > limits.max_zip_members:
+        refuse(f"the archive has {count} members, over the limit of {limits.max_zip_members}.")
+    if cd_size > limits.max_zip_members * _MAX_CD_ENTRY_BYTES:
+        refuse(f"the archive's central directory is {human_bytes(cd_size)}, over the limit of "
+               f"{human_bytes(limits.max_zip_members * _MAX_CD_ENTRY_BYTES)}.")
+
+
 def read_keras_archive(data: bytes, limits: Limits) -> dict[str, bytes]:
     """The members ``config.json``, ``model.weights.h5`` and (if present) ``metadata.json`` of a ``.keras``
     archive, after checking every member of the central directory."""
+    _check_directory_size(data, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()

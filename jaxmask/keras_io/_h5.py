@@ -20,7 +20,9 @@ import numpy as np
 
 from jaxmask.keras_io._limits import Limits, human_bytes, refuse
 
-_IMAGE_NAME = b"jaxmask-keras-io-in-memory.h5"
+# HDF5 still tries to open() the name of a file image (and fails with "file already exists" if a file of that
+# name is present): a path under /dev/null can never exist, so nothing can be planted there.
+IMAGE_NAME = b"/dev/null/jaxmask-keras-io-in-memory.h5"
 _ALLOWED_FILTERS = {
     h5py.h5z.FILTER_DEFLATE: "deflate",
     h5py.h5z.FILTER_SHUFFLE: "shuffle",
@@ -43,7 +45,7 @@ def open_image(data: bytes, what: str) -> h5py.File:
         fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
         fapl.set_fapl_core(backing_store=False)
         fapl.set_file_image(data)
-        fid = h5py.h5f.open(_IMAGE_NAME, h5py.h5f.ACC_RDONLY, fapl=fapl)
+        fid = h5py.h5f.open(IMAGE_NAME, h5py.h5f.ACC_RDONLY, fapl=fapl)
         return h5py.File(fid)
     except H5_ERRORS as e:
         refuse(f"{what} is not a readable HDF5 file: {type(e).__name__}: {e}")
