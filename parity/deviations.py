@@ -1,0 +1,71 @@
+"""Documented reference bugs: where Keras gives a NaN, an error or a backend-dependent value and jaxmask
+deliberately does not. The parity runner reports them as named deviations, never as pass or fail, and only
+after checking that the difference is exactly the documented one (everything else must still match).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Deviation:
+    name: str
+    references: tuple[str, ...]
+    summary: str
+    jaxmask: str
+    upstream: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEVIATIONS = {
+    d.name: d
+    for d in (
+        Deviation(
+            name="tf_keras-nan-fully-masked-batch",
+            references=("tf_keras",),
+            summary="tf_keras divides the masked loss by Σ mask; a batch whose every step is masked gives "
+            "loss NaN and NaN gradients.",
+            jaxmask="loss 0 and zero gradients (Keras 3's divide_no_nan value).",
+            upstream="tf_keras losses_utils.apply_valid_mask (keras-team/keras PR #16712, shipped in TF 2.12); "
+            "fixed in Keras 3 by keras-team/keras PR #21908 (divide_no_nan).",
+        ),
+        Deviation(
+            name="keras-legacy-nan-fully-masked-batch",
+            references=("keras3", "keras3-jax", "tf_keras"),
+            summary="Keras <= 2.2.4 weighted_masked_objective divides by mean(mask): NaN when every step is masked.",
+            jaxmask="loss 0 and zero gradients.",
+            upstream="keras/engine/training_utils.py weighted_masked_objective; epsilon added by keras-team/keras "
+            "PR #11643 (Keras 2.2.5).",
+        ),
+        Deviation(
+            name="keras-jax-leading-masked-initial-h",
+            references=("keras3-jax",),
+            summary="On Keras 3's JAX backend an RNN outputs the initial h (not 0) at masked steps before the "
+            "first valid step; differs from the TF backend only with a non-zero initial_state.",
+            jaxmask="0 by default (TF backend); initial_output='initial_state' reproduces the JAX backend exactly "
+            "(checked).",
+            upstream="keras/src/backend/jax/rnn.py (the masked output is taken from states[0]).",
+        ),
+        Deviation(
+            name="keras3-per-sample-weight",
+            references=("keras3", "keras3-jax"),
+            summary="Keras 3.15 raises 'Incompatible shapes' (TF) / a broadcast error (JAX) for [B] sample "
+            "weights with a [B, T] loss, and silently weights along time when B == T.",
+            jaxmask="[B] weights are per sample ([B, 1]) always; compared against Keras given sw[:, None].",
+            upstream="keras/src/losses/loss.py squeeze_or_expand_to_same_rank; no upstream issue found.",
+        ),
+        Deviation(
+            name="keras-gap-nan-fully-masked-row",
+            references=("keras3", "keras3-jax", "tf_keras"),
+            summary="GlobalAveragePooling1D computes Σ mask·x / Σ mask: NaN (0/0) for a fully masked row, which "
+            "makes the batch loss and every gradient NaN.",
+            jaxmask="0 for that row; the other rows, and loss and gradients on the batch without the fully masked "
+            "rows, match (checked).",
+            upstream="keras/src/layers/pooling/global_average_pooling1d.py (tf_keras: "
+            "tf_keras/src/layers/pooling/global_average_pooling1d.py).",
+        ),
+    )
+}
