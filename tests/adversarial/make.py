@@ -20,6 +20,7 @@ import json
 import marshal
 import os
 import sys
+import warnings
 import zipfile
 
 import h5py
@@ -116,9 +117,10 @@ def keras_archive(config=None, weights_h5=None, extra=(), metadata=None) -> byte
     """A ``.keras`` zip: config.json, model.weights.h5, metadata.json, plus ``extra`` (ZipInfo, bytes) members."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("metadata.json", json.dumps(metadata or {"keras_version": "3.15.1", "date_saved": "crafted"}))
-        z.writestr("config.json", config if isinstance(config, str) else json.dumps(config or benign_config()))
-        z.writestr("model.weights.h5", weights_h5 if weights_h5 is not None else h5_image(write_keras3_weights))
+        z.writestr(_zip_info("metadata.json"), json.dumps(metadata or {"keras_version": "3.15.1", "date_saved": "crafted"}))
+        z.writestr(_zip_info("config.json"), config if isinstance(config, str) else json.dumps(config or benign_config()))
+        z.writestr(_zip_info("model.weights.h5"),
+                   weights_h5 if weights_h5 is not None else h5_image(write_keras3_weights))
         for info, data in extra:
             z.writestr(info, data)
     return buf.getvalue()
@@ -233,7 +235,9 @@ def _duplicate_member() -> bytes:
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("config.json", json.dumps(benign_config()))
         z.writestr("model.weights.h5", h5_image(write_keras3_weights))
-        z.writestr(zipfile.ZipInfo("config.json"), json.dumps(evil))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the point of this file
+            z.writestr(zipfile.ZipInfo("config.json"), json.dumps(evil))
     return buf.getvalue()
 
 
@@ -259,28 +263,29 @@ def _matching_shape_bomb(outdir):
     return keras_archive(cfg, h5_image(build))
 
 
-def attacks(outdir: str) -> dict[str, tuple[Attack, bytes]]:
-    """Every crafted file (name -> (Attack, bytes)); decoy targets are written to ``outdir`` first."""
+def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
+    """Every crafted file: name -> (Attack, a function returning its bytes). Cheap: nothing is built until the
+    function is called. The files point at decoys in ``outdir`` (see ``write_all``)."""
     secret = os.path.join(outdir, "secret.txt")
     target = os.path.join(outdir, "secret_target.h5")
     lam = _lambda_code(outdir)
     A = Attack
     out = {}
 
-    def add(attack, data):
-        out[attack.file] = (attack, data)
+    def add(attack, build):
+        out[attack.file] = (attack, build)
 
     add(A("h5_external_link.keras", "model", "external link", "HDF5 ExternalLink in place of a weight",
           "CVE-2026-1669 class; keras PRs #22899/#22900"),
-        keras_archive(weights_h5=_planted(lambda f, p: f.__setitem__(p, h5py.ExternalLink(target, "/data")))))
+        lambda: keras_archive(weights_h5=_planted(lambda f, p: f.__setitem__(p, h5py.ExternalLink(target, "/data")))))
     add(A("h5_soft_link.keras", "model", "soft link", "HDF5 SoftLink aliasing another weight", "keras PR #22900"),
-        keras_archive(weights_h5=_planted(lambda f, p: f.__setitem__(p, h5py.SoftLink("/layers/dense/vars/0")))))
+        lambda: keras_archive(weights_h5=_planted(lambda f, p: f.__setitem__(p, h5py.SoftLink("/layers/dense/vars/0")))))
     add(A("h5_external_dataset.weights.h5", "weights", "external file", "dataset stored in another file",
           "CVE-2026-1669 (tf-keras PR #921)"),
-        _planted(lambda f, p: f.create_dataset(p, shape=(F, 4 * H), dtype="f4", external=[(secret, 0, 96)])))
+        lambda: _planted(lambda f, p: f.create_dataset(p, shape=(F, 4 * H), dtype="f4", external=[(secret, 0, 96)])))
     add(A("h5_external_dataset.keras", "model", "external file", "dataset stored in another file, in an archive",
           "CVE-2026-1669"),
-        keras_archive(weights_h5=_planted(
+        lambda: keras_archive(weights_h5=_planted(
             lambda f, p: f.create_dataset(p, shape=(F, 4 * H), dtype="f4", external=[(secret, 0, 96)]))))
 
     def vds(f, p):
@@ -289,92 +294,97 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, bytes]]:
         f.create_virtual_dataset(p, layout, fillvalue=0)
 
     add(A("h5_virtual_dataset.keras", "model", "virtual dataset", "virtual dataset reading another file",
-          "keras PR #22976"), keras_archive(weights_h5=_planted(vds)))
+          "keras PR #22976"), lambda: keras_archive(weights_h5=_planted(vds)))
     add(A("h5_vlen_dtype.weights.h5", "weights", "variable-length type", "variable-length (vlen) float weight",
           "non-numeric dtype"),
-        _planted(lambda f, p: f.create_dataset(p, shape=(F,), dtype=h5py.vlen_dtype(np.float32))))
+        lambda: _planted(lambda f, p: f.create_dataset(p, shape=(F,), dtype=h5py.vlen_dtype(np.float32))))
     add(A("h5_object_dtype.keras", "model", "reference", "object-reference dtype weight", "non-numeric dtype"),
-        keras_archive(weights_h5=_planted(lambda f, p: f.create_dataset(p, data=[f.ref] * F, dtype=h5py.ref_dtype))))
+        lambda: keras_archive(weights_h5=_planted(lambda f, p: f.create_dataset(p, data=[f.ref] * F, dtype=h5py.ref_dtype))))
     add(A("h5_string_dtype.weights.h5", "weights", "string type", "string weight", "non-numeric dtype"),
-        _planted(lambda f, p: f.create_dataset(p, data=np.array([b"x" * 8] * F))))
+        lambda: _planted(lambda f, p: f.create_dataset(p, data=np.array([b"x" * 8] * F))))
     add(A("h5_compound_dtype.weights.h5", "weights", "compound type", "compound (struct) weight",
           "non-numeric dtype"),
-        _planted(lambda f, p: f.create_dataset(p, shape=(F, 4 * H), dtype=[("a", "f4"), ("b", "i8")])))
+        lambda: _planted(lambda f, p: f.create_dataset(p, shape=(F, 4 * H), dtype=[("a", "f4"), ("b", "i8")])))
     add(A("h5_shape_bomb.keras", "model", "4 TiB", "dataset declaring 4 TiB in a few KB",
           "CVE-2026-0897 (keras PRs #21880, #22975)"),
-        keras_archive(weights_h5=_planted(lambda f, p: f.create_dataset(p, shape=(2**40,), dtype="f4",
+        lambda: keras_archive(weights_h5=_planted(lambda f, p: f.create_dataset(p, shape=(2**40,), dtype="f4",
                                                                         chunks=(2**16,)))))
     add(A("h5_shape_bomb_4tib.weights.h5", "weights", "4 TiB", "a lone dataset declaring 4 TiB",
           "CVE-2026-0897 class"),
-        h5_image(lambda f: f.create_dataset(LSTM_KERNEL, shape=(2**40,), dtype="f4", chunks=(2**16,))))
+        lambda: h5_image(lambda f: f.create_dataset(LSTM_KERNEL, shape=(2**40,), dtype="f4", chunks=(2**16,))))
     add(A("h5_shape_bomb_matching_config.keras", "model", "stores only", "1 GiB weight that matches the config "
-          "but is never stored (fill-value bomb)", "CVE-2026-0897 class"), _matching_shape_bomb(outdir))
+          "but is never stored (fill-value bomb)", "CVE-2026-0897 class"), lambda: _matching_shape_bomb(outdir))
     add(A("h5_hardlink_cycle.weights.h5", "weights", "deeper than", "hard-link cycle between groups",
-          "HDF5 traversal DoS"), h5_image(_cycle))
+          "HDF5 traversal DoS"), lambda: h5_image(_cycle))
     add(A("h5_unknown_filter.weights.h5", "weights", "filter 32004", "weight compressed with a filter HDF5 would "
           "load a plugin for", "HDF5 plugin loading"),
-        _planted(lambda f, p: f.create_dataset(p, data=benign_weights()[0], chunks=(F, 4 * H), compression=32004,
+        lambda: _planted(lambda f, p: f.create_dataset(p, data=benign_weights()[0], chunks=(F, 4 * H), compression=32004,
                                                allow_unknown_filter=True)))
     add(A("legacy_lambda.h5", "model", "Lambda", "legacy .h5 whose model_config holds a Lambda with bytecode",
           "CVE-2024-3660, CVE-2025-9905"),
-        legacy_h5(legacy_layers()[:2] + [{"class_name": "Lambda", "config": {
+        lambda: legacy_h5(legacy_layers()[:2] + [{"class_name": "Lambda", "config": {
             "name": "lambda", "function": [lam, None, None], "function_type": "lambda", "module": "__main__",
             "output_shape": None, "arguments": {}}}] + legacy_layers()[2:]))
     add(A("config_lambda.keras", "model", "Lambda", "Keras 3 Lambda layer with marshalled bytecode",
           "CVE-2024-3660"),
-        keras_archive(_with_layer({"module": "keras.layers", "class_name": "Lambda", "config": {
+        lambda: keras_archive(_with_layer({"module": "keras.layers", "class_name": "Lambda", "config": {
             "name": "lambda", "function": {"class_name": "__lambda__", "config": {"code": lam, "defaults": None,
                                                                                    "closure": None}}},
             "registered_name": None})))
     add(A("config_module_os_system.keras", "model", "module 'os'", 'a layer {"module": "os", "class_name": '
           '"system"}', "CVE-2025-1550 (GHSA-48g7-3x6r-xfhp)"),
-        keras_archive(_with_layer({"module": "os", "class_name": "system",
+        lambda: keras_archive(_with_layer({"module": "os", "class_name": "system",
                                    "config": {"command": f"touch {os.path.join(outdir, PWNED_MARKER)}"},
                                    "registered_name": "system"})))
     add(A("config_builtins_eval_initializer.keras", "model", "module 'builtins'", "an initializer naming "
           "builtins.eval", "CVE-2025-1550 class"),
-        keras_archive(benign_config(benign_layers()[:2] + [dict(benign_layers()[2], config=dict(
+        lambda: keras_archive(benign_config(benign_layers()[:2] + [dict(benign_layers()[2], config=dict(
             benign_layers()[2]["config"], kernel_initializer={
                 "module": "builtins", "class_name": "eval", "config": {"source": "__import__('os')"},
                 "registered_name": "eval"}))] + benign_layers()[3:])))
     add(A("config_get_file.keras", "model", "module 'keras.utils'", "config calling keras.utils.get_file",
           "CVE-2025-8747"),
-        keras_archive(_with_layer({"module": "keras.utils", "class_name": "get_file", "config": {
+        lambda: keras_archive(_with_layer({"module": "keras.utils", "class_name": "get_file", "config": {
             "origin": "http://127.0.0.1:9/payload", "fname": "payload"}, "registered_name": "get_file"})))
     add(A("config_enable_unsafe.keras", "model", "module 'keras.config'", "config calling "
           "keras.config.enable_unsafe_deserialization", "CVE-2025-9906"),
-        keras_archive(_with_layer({"module": "keras.config", "class_name": "enable_unsafe_deserialization",
+        lambda: keras_archive(_with_layer({"module": "keras.config", "class_name": "enable_unsafe_deserialization",
                                    "config": {}, "registered_name": "enable_unsafe_deserialization"})))
     add(A("config_string_lookup.keras", "model", "StringLookup", "StringLookup naming a vocabulary file",
           "CVE-2025-12058"),
-        keras_archive(_with_layer({"module": "keras.layers", "class_name": "StringLookup", "config": {
+        lambda: keras_archive(_with_layer({"module": "keras.layers", "class_name": "StringLookup", "config": {
             "name": "lookup", "vocabulary": secret}, "registered_name": None}, at=1)))
     add(A("config_custom_registered.keras", "model", "registered_name", "a Dense registered as a custom object",
           "custom objects are code"),
-        keras_archive(benign_config(benign_layers()[:3] + [dict(benign_layers()[3], registered_name="Custom>Evil")])))
+        lambda: keras_archive(benign_config(benign_layers()[:3] + [dict(benign_layers()[3], registered_name="Custom>Evil")])))
     add(A("config_function_activation.keras", "model", "function-valued", "activation given as a function "
           "from __main__", "function-valued fields"),
-        keras_archive(benign_config(benign_layers()[:3] + [dict(benign_layers()[3], config=dict(
+        lambda: keras_archive(benign_config(benign_layers()[:3] + [dict(benign_layers()[3], config=dict(
             benign_layers()[3]["config"], activation={"module": "__main__", "class_name": "function",
                                                      "config": "evil", "registered_name": "function"}))])))
     add(A("config_json_depth.keras", "model", "nested too deeply|deeper than", "config.json nested 100,000 "
-          "levels", "parser DoS"), keras_archive("[" * 100_000 + "]" * 100_000))
+          "levels", "parser DoS"), lambda: keras_archive("[" * 100_000 + "]" * 100_000))
     add(A("zip_path_traversal.keras", "model", r"'\.\.'", "member ../../jaxmask_traversal.txt",
           "keras #23055 (zip traversal)"),
-        keras_archive(extra=[(_zip_info("../../jaxmask_traversal.txt"), b"x")]))
+        lambda: keras_archive(extra=[(_zip_info("../../jaxmask_traversal.txt"), b"x")]))
     add(A("zip_absolute_path.keras", "model", "absolute path", "member /tmp/jaxmask_absolute.txt",
-          "keras #23055"), keras_archive(extra=[(_zip_info("/tmp/jaxmask_absolute.txt"), b"x")]))
+          "keras #23055"), lambda: keras_archive(extra=[(_zip_info("/tmp/jaxmask_absolute.txt"), b"x")]))
     add(A("zip_symlink.keras", "model", "symbolic link", "member assets/passwd, a symlink to /etc/passwd",
-          "keras #23055"), keras_archive(extra=[(_zip_info("assets/passwd", 0o120777), b"/etc/passwd")]))
+          "keras #23055"), lambda: keras_archive(extra=[(_zip_info("assets/passwd", 0o120777), b"/etc/passwd")]))
     add(A("zip_bomb.keras", "model", "decompression bomb", "model.weights.h5 inflating 128 MiB of zeros",
-          "keras #23055 (decompression bomb)"), _zip_bomb())
+          "keras #23055 (decompression bomb)"), lambda: _zip_bomb())
     add(A("zip_too_many_members.keras", "model", "members, over the limit", "10,000 members",
-          "zip DoS"), _many_members())
+          "zip DoS"), lambda: _many_members())
     add(A("zip_duplicate_member.keras", "model", "appears twice", "two config.json members, the second with a "
-          "Lambda", "zip parser confusion"), _duplicate_member())
+          "Lambda", "zip parser confusion"), lambda: _duplicate_member())
     add(A("not_a_model.keras", "model", "neither", "random bytes", "malformed input"),
-        np.random.default_rng(0).bytes(4096))
+        lambda: np.random.default_rng(0).bytes(4096))
     return out
+
+
+def catalogue() -> list[Attack]:
+    """The attacks, without building any file."""
+    return [attack for attack, _ in attacks(os.path.join(os.sep, "nonexistent")).values()]
 
 
 def write_all(outdir: str) -> dict[str, Attack]:
@@ -390,9 +400,9 @@ def write_all(outdir: str) -> dict[str, Attack]:
         with open(os.path.join(outdir, name), "wb") as f:
             f.write(data)
     catalogue = {}
-    for name, (attack, data) in attacks(outdir).items():
+    for name, (attack, build) in attacks(outdir).items():
         with open(os.path.join(outdir, name), "wb") as f:
-            f.write(data)
+            f.write(build())
         catalogue[name] = attack
     return catalogue
 
