@@ -30,19 +30,25 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, O
 
 
 def read_file(path, limits: Limits) -> bytes:
-    """The whole file at ``path`` (a regular file no larger than ``limits.max_file_bytes``)."""
-    with open(os.fspath(path), "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            refuse(f"{os.fspath(path)!r} is not a regular file (refusing to read a device, FIFO or directory).")
+    """The whole file at ``path`` (a regular file no larger than ``limits.max_file_bytes``).
+
+    Opened non-blocking so that a FIFO or device named by ``path`` is refused instead of hanging the reader.
+    """
+    name = os.fspath(path)
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        refuse(f"{name!r} is not a regular file (refusing to read a directory, device or FIFO).")
+    with os.fdopen(fd, "rb") as f:
         if st.st_size > limits.max_file_bytes:
             refuse(
-                f"{os.fspath(path)!r} is {human_bytes(st.st_size)}, over the limit of "
-                f"{human_bytes(limits.max_file_bytes)}; raise Limits.max_file_bytes if the file is trusted."
+                f"{name!r} is {human_bytes(st.st_size)}, over the limit of {human_bytes(limits.max_file_bytes)}; "
+                "raise Limits.max_file_bytes if the file is trusted."
             )
         data = f.read(st.st_size + 1)
     if len(data) > st.st_size:
-        refuse(f"{os.fspath(path)!r} grew while being read.")
+        refuse(f"{name!r} grew while being read.")
     return data
 
 

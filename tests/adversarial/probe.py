@@ -51,7 +51,11 @@ def _hook(event, args):
     if event == "open":
         path, mode = args[0], args[1] if len(args) > 1 else None
         writing = isinstance(mode, str) and any(c in mode for c in "wax+")
-        if isinstance(path, int) or os.fspath(path) != current or writing:
+        if isinstance(path, int):  # os.fdopen of a descriptor: fine if it is the file being loaded
+            same = os.path.samestat(os.fstat(path), os.stat(current))
+        else:
+            same = os.fspath(path) == current
+        if not same or writing:
             _state["events"].append(f"open({path!r}, {mode!r})")
     elif event.startswith(_FORBIDDEN):
         _state["events"].append(f"{event}{tuple(repr(a)[:120] for a in args)}")
