@@ -10,8 +10,10 @@ from jaxmask.training._callbacks import JSONLogger as JSONLogger
 from jaxmask.training._callbacks import ModelCheckpoint as ModelCheckpoint
 from jaxmask.training._callbacks import ProgressBar as ProgressBar
 from jaxmask.training._checkpoint import CheckpointManager as CheckpointManager
+from jaxmask.training._data import Buckets as Buckets
 from jaxmask.training._data import batch_mesh as batch_mesh
 from jaxmask.training._data import epoch_plan as epoch_plan
+from jaxmask.training._data import epoch_rng as epoch_rng
 from jaxmask.training._data import place_batch as place_batch
 from jaxmask.training._data import valid_lengths as valid_lengths
 from jaxmask.training._step import Accumulators as Accumulators

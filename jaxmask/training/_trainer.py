@@ -136,6 +136,7 @@ class Trainer:
         self._pushed = None
         self._fit = None
         self._valid_steps = None
+        self._checked: dict = {}
         self._predictor = make_train_step(model, optimizer, loss, semantics=semantics, mesh=self.mesh, donate=False)
 
     # ---------------------------------------------------------------------------------- model <-> state
@@ -195,7 +196,15 @@ class Trainer:
         return jax.eval_shape(forward, state, spec(batch["x"]), spec(batch["mask"]))
 
     def _check_labels(self, data: ArrayData, prefix: str = "") -> tuple:
-        """Raise unless ``data.y`` fits the model's output; return the output's per-sample shape."""
+        """Raise unless ``data.y`` fits the model's output and the loss; return the output's shape specs.
+
+        Traces the model and the loss once per input layout (no compilation), so shape errors surface
+        before training starts, with the loss' own message where the loss refuses the labels.
+        """
+        spec = lambda a: None if a is None else jax.ShapeDtypeStruct((2,) + a.shape[1:], a.dtype)  # noqa: E731
+        key = tuple(None if a is None else (a.shape[1:], a.dtype.str) for a in (data.x, data.y, data.mask, data.sample_weight))
+        if key in self._checked:
+            return self._checked[key]
         y_pred, out_mask = self._output_spec(data)
         out = tuple(y_pred.shape[1:])
         allowed = [out]
@@ -209,6 +218,11 @@ class Trainer:
                 f"{out}: labels must be [N] + {out} = {(data.n,) + out} (or {alts} for integer class ids). "
                 "Per-step binary labels of a Dense(1) output are [N, T, 1]: use y[..., None]."
             )
+        batch = {"x": spec(data.x), "y": spec(data.y), "mask": spec(data.mask), "sample_weight": spec(data.sample_weight)}
+        probe = self._predictor
+        params, other = nnx.split(self.model, nnx.Param, nnx.RngState, ...)[1::2]
+        jax.eval_shape(probe._evaluate, params, other, probe.init_accumulators(), batch)
+        self._checked[key] = (y_pred, out_mask)
         return y_pred, out_mask
 
     def _build(self, data: ArrayData) -> None:
