@@ -51,6 +51,56 @@ from jaxmask.functional.losses import (
 )
 from jaxmask.functional.reduction import REDUCTIONS, SEMANTICS, reduce_weighted_loss
 
+__all__ = [
+    "EPSILON",
+    "masked_loss",
+    "get",
+    "Loss",
+    "LossFunctionWrapper",
+    "binary_crossentropy",
+    "binary_focal_crossentropy",
+    "categorical_crossentropy",
+    "categorical_focal_crossentropy",
+    "categorical_generalized_cross_entropy",
+    "sparse_categorical_crossentropy",
+    "kl_divergence",
+    "poisson",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error",
+    "huber",
+    "log_cosh",
+    "hinge",
+    "squared_hinge",
+    "categorical_hinge",
+    "cosine_similarity",
+    "dice",
+    "tversky",
+    "circle",
+    "BinaryCrossentropy",
+    "BinaryFocalCrossentropy",
+    "CategoricalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "CategoricalGeneralizedCrossEntropy",
+    "SparseCategoricalCrossentropy",
+    "KLDivergence",
+    "Poisson",
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "MeanAbsolutePercentageError",
+    "MeanSquaredLogarithmicError",
+    "CosineSimilarity",
+    "Huber",
+    "LogCosh",
+    "Hinge",
+    "SquaredHinge",
+    "CategoricalHinge",
+    "Dice",
+    "Tversky",
+    "Circle",
+]
+
 
 # ------------------------------------------------------------------------------------------------ registry
 
@@ -165,76 +215,91 @@ class LossFunctionWrapper(Loss):
         return self.fn(y_true, y_pred, **self.fn_kwargs)
 
 
-def _wrapper(cls_name, fn, default_name, params, doc_extra=""):
-    """Build a Keras-named wrapper class whose __init__ takes ``params`` (name -> default) then reduction, name."""
+def _wrapper(cls_name, fn, signature):
+    """A Keras-named :class:`LossFunctionWrapper` subclass whose ``__init__`` has Keras' exact signature.
 
-    def __init__(self, *args, reduction="sum_over_batch_size", name=default_name, semantics="keras3", **kwargs):
-        if len(args) > len(params):
-            raise TypeError(f"{cls_name}() takes at most {len(params)} positional arguments; received {len(args)}.")
-        unknown = set(kwargs) - set(params)
+    ``signature`` lists (parameter, default) in Keras' positional order, ``reduction`` and ``name`` included;
+    ``semantics`` is added keyword-only.
+    """
+    order = tuple(k for k, _ in signature)
+    defaults = dict(signature)
+
+    def __init__(self, *args, semantics="keras3", **kwargs):
+        if len(args) > len(order):
+            raise TypeError(f"{cls_name}() takes at most {len(order)} positional arguments; received {len(args)}.")
+        unknown = sorted(set(kwargs) - set(order))
         if unknown:
-            raise TypeError(f"{cls_name}() got unexpected keyword arguments {sorted(unknown)}; valid: {list(params)}.")
-        fn_kwargs = dict(params)
-        fn_kwargs.update(zip(params, args))
-        fn_kwargs.update(kwargs)
-        LossFunctionWrapper.__init__(self, fn, reduction=reduction, name=name, semantics=semantics, **fn_kwargs)
+            raise TypeError(f"{cls_name}() got unexpected keyword arguments {unknown}; valid: {list(order)}.")
+        twice = sorted(set(order[: len(args)]) & set(kwargs))
+        if twice:
+            raise TypeError(f"{cls_name}() got multiple values for {twice}.")
+        bound = {**defaults, **dict(zip(order, args)), **kwargs}
+        reduction, name = bound.pop("reduction"), bound.pop("name")
+        LossFunctionWrapper.__init__(self, fn, reduction=reduction, name=name, semantics=semantics, **bound)
 
-    signature = ", ".join([f"{k}={v!r}" for k, v in params.items()] + ["reduction='sum_over_batch_size'",
-                                                                     f"name={default_name!r}", "*",
-                                                                     "semantics='keras3'"])
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v) for k, v in signature]
+    params.append(inspect.Parameter("semantics", inspect.Parameter.KEYWORD_ONLY, default="keras3"))
+    __init__.__signature__ = inspect.Signature(params)
+    shown = ", ".join(f"{k}={v!r}" for k, v in signature)
     doc = (
-        f"Keras-style ``{cls_name}({signature})`` wrapping :func:`{fn.__name__}`.\n\n"
-        f"Calling it is ``masked_loss({fn.__name__}, y_true, y_pred, mask=..., sample_weight=..., ...)``.\n"
-        f"{doc_extra}\nKeras equivalent: ``keras.losses.{cls_name}``."
+        f"``{cls_name}({shown}, *, semantics='keras3')``: Keras-style loss object wrapping :func:`{fn.__name__}`.\n\n"
+        f"Calling it, ``loss(y_true, y_pred, sample_weight=None, mask=None)``, is :func:`masked_loss` with\n"
+        f"``{fn.__name__}`` and this object's arguments, ``reduction`` and ``semantics``.\n\n"
+        f"Keras equivalent: ``keras.losses.{cls_name}``."
     )
     return type(cls_name, (LossFunctionWrapper,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
-_CE = {"from_logits": False, "label_smoothing": 0.0, "axis": -1}
-BinaryCrossentropy = _wrapper("BinaryCrossentropy", binary_crossentropy, "binary_crossentropy", _CE)
+_R = ("reduction", "sum_over_batch_size")
+_CE = (("from_logits", False), ("label_smoothing", 0.0), ("axis", -1))
+BinaryCrossentropy = _wrapper(
+    "BinaryCrossentropy", binary_crossentropy, (*_CE, _R, ("name", "binary_crossentropy"))
+)
 BinaryFocalCrossentropy = _wrapper(
     "BinaryFocalCrossentropy",
     binary_focal_crossentropy,
-    "binary_focal_crossentropy",
-    {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0, **_CE},
+    (("apply_class_balancing", False), ("alpha", 0.25), ("gamma", 2.0), *_CE, _R,
+     ("name", "binary_focal_crossentropy")),
 )
-CategoricalCrossentropy = _wrapper("CategoricalCrossentropy", categorical_crossentropy, "categorical_crossentropy", _CE)
+CategoricalCrossentropy = _wrapper(
+    "CategoricalCrossentropy", categorical_crossentropy, (*_CE, _R, ("name", "categorical_crossentropy"))
+)
 CategoricalFocalCrossentropy = _wrapper(
     "CategoricalFocalCrossentropy",
     categorical_focal_crossentropy,
-    "categorical_focal_crossentropy",
-    {"alpha": 0.25, "gamma": 2.0, **_CE},
+    (("alpha", 0.25), ("gamma", 2.0), *_CE, _R, ("name", "categorical_focal_crossentropy")),
 )
 SparseCategoricalCrossentropy = _wrapper(
     "SparseCategoricalCrossentropy",
     sparse_categorical_crossentropy,
-    "sparse_categorical_crossentropy",
-    {"from_logits": False, "ignore_class": None, "axis": -1},
+    (("from_logits", False), ("ignore_class", None), _R, ("axis", -1), ("name", "sparse_categorical_crossentropy")),
 )
-KLDivergence = _wrapper("KLDivergence", kl_divergence, "kl_divergence", {})
-Poisson = _wrapper("Poisson", poisson, "poisson", {})
-MeanSquaredError = _wrapper("MeanSquaredError", mean_squared_error, "mean_squared_error", {})
-MeanAbsoluteError = _wrapper("MeanAbsoluteError", mean_absolute_error, "mean_absolute_error", {})
+KLDivergence = _wrapper("KLDivergence", kl_divergence, (_R, ("name", "kl_divergence")))
+Poisson = _wrapper("Poisson", poisson, (_R, ("name", "poisson")))
+MeanSquaredError = _wrapper("MeanSquaredError", mean_squared_error, (_R, ("name", "mean_squared_error")))
+MeanAbsoluteError = _wrapper("MeanAbsoluteError", mean_absolute_error, (_R, ("name", "mean_absolute_error")))
 MeanAbsolutePercentageError = _wrapper(
-    "MeanAbsolutePercentageError", mean_absolute_percentage_error, "mean_absolute_percentage_error", {}
+    "MeanAbsolutePercentageError", mean_absolute_percentage_error, (_R, ("name", "mean_absolute_percentage_error"))
 )
 MeanSquaredLogarithmicError = _wrapper(
-    "MeanSquaredLogarithmicError", mean_squared_logarithmic_error, "mean_squared_logarithmic_error", {}
+    "MeanSquaredLogarithmicError", mean_squared_logarithmic_error, (_R, ("name", "mean_squared_logarithmic_error"))
 )
-CosineSimilarity = _wrapper("CosineSimilarity", cosine_similarity, "cosine_similarity", {"axis": -1})
-Huber = _wrapper("Huber", huber, "huber_loss", {"delta": 1.0})
-LogCosh = _wrapper("LogCosh", log_cosh, "log_cosh", {})
-Hinge = _wrapper("Hinge", hinge, "hinge", {})
-SquaredHinge = _wrapper("SquaredHinge", squared_hinge, "squared_hinge", {})
-CategoricalHinge = _wrapper("CategoricalHinge", categorical_hinge, "categorical_hinge", {})
-Dice = _wrapper("Dice", dice, "dice", {"axis": None})
-Tversky = _wrapper("Tversky", tversky, "tversky", {"alpha": 0.5, "beta": 0.5, "axis": None})
-Circle = _wrapper("Circle", circle, "circle", {"gamma": 80.0, "margin": 0.4, "remove_diagonal": True})
+CosineSimilarity = _wrapper("CosineSimilarity", cosine_similarity, (("axis", -1), _R, ("name", "cosine_similarity")))
+Huber = _wrapper("Huber", huber, (("delta", 1.0), _R, ("name", "huber_loss")))
+LogCosh = _wrapper("LogCosh", log_cosh, (_R, ("name", "log_cosh")))
+Hinge = _wrapper("Hinge", hinge, (_R, ("name", "hinge")))
+SquaredHinge = _wrapper("SquaredHinge", squared_hinge, (_R, ("name", "squared_hinge")))
+CategoricalHinge = _wrapper("CategoricalHinge", categorical_hinge, (_R, ("name", "categorical_hinge")))
+Dice = _wrapper("Dice", dice, (_R, ("name", "dice"), ("axis", None)))
+Tversky = _wrapper("Tversky", tversky, (("alpha", 0.5), ("beta", 0.5), _R, ("name", "tversky"), ("axis", None)))
+Circle = _wrapper(
+    "Circle", circle, (("gamma", 80.0), ("margin", 0.4), ("remove_diagonal", True), _R, ("name", "circle"))
+)
 _GCE = _wrapper(
     "CategoricalGeneralizedCrossEntropy",
     categorical_generalized_cross_entropy,
-    "categorical_generalized_cross_entropy",
-    {"q": 0.5},
+    (("q", 0.5), _R, ("name", "categorical_generalized_cross_entropy")),
 )
 
 
@@ -246,6 +311,8 @@ class CategoricalGeneralizedCrossEntropy(_GCE):
         q = self.fn_kwargs["q"]
         if not 0 < q < 1:
             raise ValueError(f"`q` must be in the interval (0, 1); received q={q!r}. Keras' default is 0.5.")
+
+    __init__.__signature__ = inspect.signature(_GCE.__init__)
 
 
 _CLASSES = (
@@ -390,17 +457,13 @@ def _check_labels(spec, fn, kwargs, y_true, y_pred):
             return y_true
         if len(ts) == 1 and ps == ts + (1,):
             return y_true[:, None]  # Keras expands rank-1 labels against [B, 1] predictions
-        fix = (
-            "Add the trailing axis: y_true[..., None]."
-            if ts + (1,) == ps
-            else "Drop the trailing axis: y_true[..., 0]."
-            if ts == ps + (1,)
-            else "Give y_true the shape of y_pred."
-        )
-        raise ValueError(
-            f"`y_true` of {name} must have the shape of `y_pred` {ps}; received {ts}. {fix} "
-            "(Keras would squeeze and average over the time axis instead.)"
-        )
+        if ts + (1,) == ps:
+            fix = "Add the trailing axis: y_true[..., None] (Keras would squeeze y_pred and average over T instead)."
+        elif ts == ps + (1,):
+            fix = "Drop the trailing axis: y_true[..., 0] (Keras would squeeze y_true and average over T instead)."
+        else:
+            fix = "Give y_true the shape of y_pred."
+        raise ValueError(f"`y_true` of {name} must have the shape of `y_pred` {ps}; received {ts}. {fix}")
     if spec.labels == "sparse":
         axis = kwargs.get("axis", -1) % len(ps) if ps else 0
         expected = ps[:axis] + ps[axis + 1 :]
@@ -454,15 +517,17 @@ def _check_weights(sample_weight, values_shape):
     )
 
 
-def _class_weights(class_weight, y_true, y_pred, values_shape, dtype):
-    """Per-step weights from a {class: weight} dict: argmax of one-hot, the id of sparse, round of binary labels."""
+def _class_weights(class_weight, y_true, y_pred, values_shape, dtype, sparse):
+    """Per-step weights from a {class: weight} dict: argmax of one-hot labels, the id of sparse labels (truncated
+    to int as the sparse losses do), the rounded value of binary labels."""
     if not isinstance(class_weight, dict):
         raise TypeError(f"`class_weight` must be a dict {{class id: weight}}; received {type(class_weight).__name__}.")
     vs, ts = tuple(values_shape), tuple(y_true.shape)
+    to_id = (lambda y: y.astype(jnp.int32)) if sparse else jnp.round
     if ts == vs:
-        labels = jnp.round(y_true)
+        labels = to_id(y_true)
     elif ts == vs + (1,):
-        labels = jnp.round(y_true[..., 0])
+        labels = to_id(y_true[..., 0])
     elif len(ts) == len(vs) + 1 and ts[:-1] == vs:
         labels = jnp.argmax(y_true, axis=-1)
     else:
@@ -626,6 +691,7 @@ def masked_loss(
     if sample_weight is not None:
         weights = _check_weights(sample_weight, values_shape).astype(values.dtype)
     if class_weight is not None:
-        cw = _class_weights(class_weight, labels, y_pred, values_shape, values.dtype)
+        sparse = spec is not None and spec.labels == "sparse"
+        cw = _class_weights(class_weight, labels, y_pred, values_shape, values.dtype, sparse)
         weights = cw if weights is None else weights * cw
     return reduce_weighted_loss(values, weights=weights, mask=mask, reduction=reduction, semantics=semantics)

@@ -305,22 +305,25 @@ def test_get_resolves_every_keras_identifier():
         jm.losses.get("cce")
 
 
-def test_loss_classes_have_keras_defaults():
-    """Name, reduction and function arguments of every class equal the Keras class' constructor defaults."""
+def test_loss_classes_have_keras_signatures_and_names():
+    """Every class takes Keras' parameters in Keras' positional order with Keras' defaults (``dtype`` aside,
+    ``semantics`` added keyword-only), and gets Keras' default name."""
     import inspect
 
     for cls in jm.losses._CLASSES:
         keras_cls = getattr(keras.losses, cls.__name__)
-        params = inspect.signature(keras_cls.__init__).parameters
-        defaults = {k: p.default for k, p in params.items() if k not in {"self", "reduction", "name", "dtype"}}
-        ours = cls()
-        assert ours.name == keras_cls().name, cls.__name__
-        assert ours.reduction == params["reduction"].default
-        assert ours.fn_kwargs == defaults, cls.__name__
+        ref = [(k, p.default) for k, p in inspect.signature(keras_cls.__init__).parameters.items() if k != "dtype"]
+        ours = [(k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items() if k != "semantics"]
+        assert ours == ref, cls.__name__
+        assert cls().name == keras_cls().name, cls.__name__
 
 
 def test_loss_class_positional_and_invalid_arguments():
     assert jm.losses.BinaryCrossentropy(True, 0.1).fn_kwargs == {"from_logits": True, "label_smoothing": 0.1, "axis": -1}
+    dice = jm.losses.Dice("sum", "d", -1)  # Keras' order: reduction, name, axis
+    assert (dice.reduction, dice.name, dice.fn_kwargs) == ("sum", "d", {"axis": -1})
+    with pytest.raises(TypeError, match=r"multiple values for \['from_logits'\]"):
+        jm.losses.BinaryCrossentropy(True, from_logits=False)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['delta'\]"):
         jm.losses.MeanSquaredError(delta=1.0)
     with pytest.raises(ValueError, match=r"`q` must be in the interval \(0, 1\); received q=1\.5"):

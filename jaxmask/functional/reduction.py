@@ -13,6 +13,11 @@ V = Σ m (N without a mask).
 
 ``none`` returns w·m·l (0 at masked steps) in every profile.
 
+``keras_legacy`` is Keras 2.2.4's ``weighted_masked_objective`` (keras/engine/training_utils.py): the masked
+scores are divided by mean(m), averaged down to the weights' rank, multiplied by w, divided by mean(w != 0)
+and averaged; Keras 2.2 always passes weights (ones [B] by default), so without weights the factor is 1.
+Keras 2.2.4 has no epsilon in mean(m) (NaN for an empty batch; keras PR #11643 added 1e-7 later): here 0.
+
 Every division is a double ``where``, and masked values enter through ``where`` rather than a product, so a
 fully masked batch gives 0 with zero (finite) gradients, and NaN/Inf at masked steps never leaks.
 """
