@@ -7,6 +7,7 @@ import os
 import re
 
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -164,11 +165,34 @@ def _model_from_bytes(data: bytes, origin: str, limits: Limits) -> nn.Sequential
             if not isinstance(model_weights, h5py.Group):
                 refuse(f"{origin} has a model_config but no 'model_weights' group.")
             arrays = _read_legacy(model_weights, specs, limits, origin)
-    rngs = nnx.Rngs(0)
-    model = nn.Sequential([build(spec, rngs) for spec in specs])
-    _assign(model, specs, arrays)
+    model = _materialize(specs, arrays)
     model.eval()
     return model
+
+
+def _materialize(specs, arrays) -> nn.Sequential:
+    """The jaxmask model for ``specs`` holding ``arrays``, built without running any initializer: the layers are
+    traced abstractly (``nnx.eval_shape``), their parameters set from the file, and their dropout RNG streams
+    seeded from ``jax.random.key(0)``. (Initialising and then overwriting would compile an initializer per
+    weight shape, seconds per model on a small CPU.)"""
+    abstract = nnx.eval_shape(lambda: nn.Sequential([build(spec, nnx.Rngs(0)) for spec in specs]))
+    for layer, spec, values in zip(abstract.layers, specs, arrays):
+        for s, value in zip(slots(spec), values):
+            p = param(layer, s.attrs)
+            if tuple(p.shape) != s.shape:
+                raise AssertionError(f"{spec.kind} {s.attrs}: parameter {p.shape} vs slot {s.shape}")
+            p.set_value(jnp.asarray(value))
+    graphdef, state = nnx.split(abstract)
+    variables = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    keys = [v for v in variables if isinstance(v, nnx.RngKey)]
+    for v, key in zip(keys, jax.random.split(jax.random.key(0), len(keys)) if keys else ()):
+        v.set_value(key)
+    for v in variables:
+        if isinstance(v, nnx.RngCount):
+            v.set_value(jnp.zeros((), jnp.uint32))
+        elif isinstance(v.get_value(), jax.ShapeDtypeStruct):
+            raise AssertionError(f"{type(v).__name__} of shape {v.get_value().shape} was not loaded")
+    return nnx.merge(graphdef, state)
 
 
 def load_model(path, *, limits: Limits | None = None) -> nn.Sequential:

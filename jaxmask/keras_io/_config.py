@@ -494,6 +494,9 @@ def model_specs(cfg, keras_major: int, limits: Limits, what: str) -> list[LayerS
                           "build_input_shape"}
     if any(inner[k] is not None for k in extra):
         refuse(f"{what}.config: unexpected keys {sorted(extra)}.")
+    for i, entry in enumerate(layers):  # every class and field is checked before any graph or shape reasoning
+        if not _is_mask_op(entry):
+            _layer_config(entry, f"{what}.config.layers[{i}]", keras_major)
     if "input_layers" in inner or "output_layers" in inner:
         chain, input_entry = _linear_chain(inner, what)
     else:
@@ -619,7 +622,7 @@ def _linear_chain(inner, what):
             continue
         if cls == "InputLayer":
             refuse(f"{where}: a second InputLayer; only single-input models load.")
-        if cls in _MASK_OPS and e.get("module") == "keras.src.ops.numpy":
+        if _is_mask_op(e):
             ops[name] = _mask_op(e, where)
             continue
         tensors, others, kwargs = _node(e, where)
@@ -649,6 +652,11 @@ def _linear_chain(inner, what):
                "linear models load.")
     _check_mask_ops(ops, mask_refs, entries, main_input, what)
     return chain, entries[input_name]
+
+
+def _is_mask_op(e) -> bool:
+    """Keras 3's auto-generated mask computations in functional graphs (module omitted in legacy .h5)."""
+    return isinstance(e, dict) and e.get("class_name") in _MASK_OPS and e.get("module") in (None, "keras.src.ops.numpy")
 
 
 def _mask_op(e, where):
