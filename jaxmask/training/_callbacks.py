@@ -446,10 +446,14 @@ class JSONLogger(_FileLogger):
 
 
 def _format_logs(logs: dict) -> dict:
+    """Counters as ints, values with 4 decimals (reads device scalars back to the host)."""
     out = {}
     for k, v in logs.items():
-        v = float(v) if not isinstance(v, (int, np.integer)) else int(v)
-        out[k] = v if isinstance(v, int) else (f"{v:.4f}" if math.isfinite(v) else str(v))
+        v = np.asarray(v)
+        if np.issubdtype(v.dtype, np.integer):
+            out[k] = int(v)
+        else:
+            out[k] = f"{float(v):.4f}" if math.isfinite(float(v)) else str(float(v))
     return out
 
 

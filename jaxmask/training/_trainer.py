@@ -588,7 +588,8 @@ class Trainer:
 
         Args:
           x: [N, T, F] (or int [N, T]), or ``(x, mask)``.
-          batch_size: rows per call (default 32); the last batch is padded to the same size (one compilation).
+          batch_size: rows per call (default 32). Calls are padded to ``batch_size``, or to the next power of two
+            for fewer rows, so that predictions on many inputs of the same T compile at most log2(batch_size) + 1 times.
           verbose: accepted for Keras compatibility (no output).
           mask: optional bool [N, T].
 
@@ -603,7 +604,8 @@ class Trainer:
             params, other = self.state.params, self.state.other
         else:
             _, params, _, other = nnx.split(self.model, nnx.Param, nnx.RngState, ...)
-        size = min(32 if batch_size is None else check_batch_size(batch_size, 2**62), data.n)
+        limit = 32 if batch_size is None else check_batch_size(batch_size, 2**62)
+        size = min(limit, 1 << (data.n - 1).bit_length())  # powers of two below batch_size: few compilations
         outputs, masks = [], []
         for start in range(0, data.n, size):
             rows = np.arange(start, min(start + size, data.n))

