@@ -3,3 +3,5 @@ from jaxmask.masks import MaskedStandardScaler as MaskedStandardScaler, compute_
 from jaxmask import metrics as metrics
 from jaxmask import losses as losses
 from jaxmask.losses import masked_loss as masked_loss
+from jaxmask import training as training
+from jaxmask.training import Trainer as Trainer
