@@ -74,6 +74,10 @@ def parse_json(blob: bytes | str, what: str, limits: Limits, max_bytes: int):
         except UnicodeDecodeError as e:
             refuse(f"{what} is not UTF-8 text: {e}")
 
+    containers = blob.count("{") + blob.count("[")  # counts brackets inside strings too: an upper bound
+    if containers > limits.max_json_containers:
+        refuse(f"{what} holds up to {containers} objects and arrays, over the limit of {limits.max_json_containers}.")
+
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):

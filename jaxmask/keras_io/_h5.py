@@ -4,9 +4,11 @@ The rules (each refusal is an ``UnsafeFileError`` naming the object):
 - the file is opened from bytes in memory (core driver + file image); HDF5 never opens a path by itself;
 - every link is inspected with ``group.get(name, getlink=True)`` before anything is resolved through it:
   soft links, external links and user-defined links are refused (they alias, loop, or read other files);
-- every dataset is vetted before any data is read: external storage, virtual layout, filters other than
-  deflate/shuffle/fletcher32 (an unknown filter makes HDF5 load a plugin), non-numeric types, and a
-  declared size the file does not store (a 4 TiB shape in a 5 KB file) are refused;
+- every dataset is vetted before any data is read: external storage, virtual layout, any filter (Keras never
+  compresses weights; HDF5's deflate filter grows its buffer without bound, so a compressed chunk is a
+  decompression bomb, and an unknown filter makes HDF5 look for a plugin library), chunks larger than the
+  dataset, non-numeric types, and a declared size the file does not store (a 4 TiB shape in a 5 KB file)
+  are refused;
 - weights are read only after their declared shape equals the shape the architecture expects, into a
   float32 buffer of exactly that shape.
 """
@@ -23,11 +25,7 @@ from jaxmask.keras_io._limits import Limits, human_bytes, refuse
 # HDF5 still tries to open() the name of a file image (and fails with "file already exists" if a file of that
 # name is present): a path under /dev/null can never exist, so nothing can be planted there.
 IMAGE_NAME = b"/dev/null/jaxmask-keras-io-in-memory.h5"
-_ALLOWED_FILTERS = {
-    h5py.h5z.FILTER_DEFLATE: "deflate",
-    h5py.h5z.FILTER_SHUFFLE: "shuffle",
-    h5py.h5z.FILTER_FLETCHER32: "fletcher32",
-}
+_SMALL_CHUNK = 2**20  # a chunk may exceed its dataset (edge chunks) but never by more than this
 _NUMERIC_CLASSES = {h5py.h5t.FLOAT: "float", h5py.h5t.INTEGER: "integer"}
 _TYPE_CLASS_NAMES = {
     h5py.h5t.INTEGER: "integer", h5py.h5t.FLOAT: "float", h5py.h5t.TIME: "time", h5py.h5t.STRING: "string",
@@ -81,7 +79,9 @@ def check_dataset(ds: h5py.Dataset, where: str, limits: Limits) -> tuple:
         dcpl = ds.id.get_create_plist()
         layout = dcpl.get_layout()
         n_external = dcpl.get_external_count()
-        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())] if layout == h5py.h5d.CHUNKED else []
+        chunked = layout == h5py.h5d.CHUNKED
+        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())] if chunked else []
+        chunk = dcpl.get_chunk() if chunked else ()
         h5type = ds.id.get_type()
         type_class = h5type.get_class()
         itemsize = h5type.get_size()
@@ -99,12 +99,12 @@ def check_dataset(ds: h5py.Dataset, where: str, limits: Limits) -> tuple:
         )
     if layout not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED):
         refuse(f"HDF5 dataset {where!r} has an unknown storage layout ({layout}).")
-    for code in filters:
-        if code not in _ALLOWED_FILTERS:
-            refuse(
-                f"HDF5 dataset {where!r} uses filter {code}, which is not one of {sorted(_ALLOWED_FILTERS.values())}"
-                ": HDF5 would look for a plugin library to decode it."
-            )
+    if filters:
+        refuse(
+            f"HDF5 dataset {where!r} uses filter {filters[0]} (compression or checksum); Keras never writes "
+            "filtered weights, a compressed chunk can inflate without bound, and an unknown filter makes HDF5 "
+            "look for a plugin library."
+        )
     if type_class not in _NUMERIC_CLASSES:
         name = _TYPE_CLASS_NAMES.get(type_class, f"class {type_class}")
         refuse(f"HDF5 dataset {where!r} has a {name} type; weights must be numeric (float or integer).")
@@ -118,8 +118,11 @@ def check_dataset(ds: h5py.Dataset, where: str, limits: Limits) -> tuple:
             f"HDF5 dataset {where!r} declares shape {shape} = {human_bytes(declared)}, over the limit of "
             f"{human_bytes(limits.max_file_bytes)} (shape bomb, CVE-2026-0897 class)."
         )
-    needed = declared if not filters else -(-declared // limits.max_h5_ratio)
-    if stored < needed:
+    chunk_bytes = math.prod(chunk) * itemsize
+    if chunk_bytes > max(declared, _SMALL_CHUNK):
+        refuse(f"HDF5 dataset {where!r} of shape {shape} uses chunks of {chunk} = {human_bytes(chunk_bytes)}, "
+               "larger than the dataset itself.")
+    if stored < declared:
         refuse(
             f"HDF5 dataset {where!r} declares shape {shape} = {human_bytes(declared)} but the file stores only "
             f"{human_bytes(stored)} for it: a shape bomb (CVE-2026-0897 class) or a truncated file."
@@ -228,11 +231,17 @@ def _attr_id(obj, name: str, where: str, limits: Limits):
             return None
         aid = obj.attrs.get_id(name)
         shape = aid.shape
-        type_class = aid.get_type().get_class()
+        h5type = aid.get_type()
+        type_class = h5type.get_class()
+        variable = type_class == h5py.h5t.STRING and h5type.is_variable_str()
+        itemsize = h5type.get_size()
     except H5_ERRORS as e:
         refuse(f"attribute {name!r} of {where!r} cannot be inspected: {type(e).__name__}: {e}")
     if shape is None or math.prod(shape) > limits.max_attr_elements:
         refuse(f"attribute {name!r} of {where!r} has shape {shape}; at most {limits.max_attr_elements} elements.")
+    if not variable and math.prod(shape) * itemsize > limits.max_config_bytes:
+        refuse(f"attribute {name!r} of {where!r} declares {human_bytes(math.prod(shape) * itemsize)}, over the "
+               f"limit of {human_bytes(limits.max_config_bytes)}.")
     return aid, shape, type_class
 
 

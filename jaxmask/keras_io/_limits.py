@@ -18,6 +18,7 @@ class Limits:
     Attributes:
       max_file_bytes: size of the file on disk, and of the HDF5 weights member of a ``.keras`` archive.
       max_config_bytes: size of ``config.json`` (or of the ``model_config`` attribute of a legacy ``.h5``).
+      max_json_containers: objects and arrays in one JSON document (bounds the memory parsing takes).
       max_metadata_bytes: size of ``metadata.json``.
       max_zip_members: number of members of a ``.keras`` archive.
       max_zip_ratio: largest uncompressed/compressed ratio of a zip member above 1 MiB (decompression bombs).
@@ -26,12 +27,12 @@ class Limits:
       max_json_depth: nesting depth of the config JSON.
       max_h5_objects: number of links visited in the HDF5 file.
       max_h5_depth: group nesting depth of the HDF5 file (also stops hard-link cycles).
-      max_h5_ratio: largest declared/stored byte ratio of a compressed HDF5 dataset (shape bombs).
       max_attr_elements: elements of one HDF5 attribute (layer and weight name lists).
     """
 
     max_file_bytes: int = 2 * GiB
-    max_config_bytes: int = 16 * MiB
+    max_config_bytes: int = 4 * MiB
+    max_json_containers: int = 100_000
     max_metadata_bytes: int = 1 * MiB
     max_zip_members: int = 64
     max_zip_ratio: int = 100
@@ -40,7 +41,6 @@ class Limits:
     max_json_depth: int = 64
     max_h5_objects: int = 100_000
     max_h5_depth: int = 32
-    max_h5_ratio: int = 1000
     max_attr_elements: int = 100_000
 
 

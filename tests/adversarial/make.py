@@ -14,6 +14,7 @@ the Lambda payloads would create ``PWNED_MARKER`` in OUTDIR if anything ever exe
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import io
 import json
@@ -22,6 +23,7 @@ import os
 import sys
 import warnings
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
@@ -51,7 +53,7 @@ _DTYPE = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "fl
 
 def _layer(cls, config, input_shape=None):
     entry = {"module": "keras.layers", "class_name": cls, "config": {"name": cls.lower(), "trainable": True,
-                                                                       "dtype": _DTYPE, **config},
+                                                                       "dtype": copy.deepcopy(_DTYPE), **config},
              "registered_name": None}
     if input_shape is not None:
         entry["build_config"] = {"input_shape": input_shape}
@@ -77,7 +79,7 @@ def benign_layers():
 def benign_config(layers=None):
     """The Keras 3 ``config.json`` of the benign model (or of ``layers``)."""
     return {"module": "keras", "class_name": "Sequential",
-            "config": {"name": "sequential", "trainable": True, "dtype": _DTYPE,
+            "config": {"name": "sequential", "trainable": True, "dtype": copy.deepcopy(_DTYPE),
                        "layers": benign_layers() if layers is None else layers},
             "registered_name": None, "build_config": {"input_shape": [None, T, F]}}
 
@@ -219,6 +221,18 @@ def _zip_bomb(size=128 * 2**20) -> bytes:
     return buf.getvalue()
 
 
+def _deflate_bomb(f, path, size=256 * 2**20):
+    """A deflate-filtered dataset of the LSTM kernel's shape (96 bytes) whose one chunk (1 MiB: chunks may exceed
+    a resizable dataset) is a 260 KB stream that inflates to ``size`` bytes: HDF5's deflate filter grows its
+    buffer until the stream ends."""
+    ds = f.create_dataset(path, shape=(F, 4 * H), maxshape=(None, None), dtype="f4", chunks=(4096, 64),
+                          compression="gzip")
+    z = zlib.compressobj(6)
+    chunk = bytes(2**20)
+    stream = b"".join(z.compress(chunk) for _ in range(size // len(chunk))) + z.flush()
+    ds.id.write_direct_chunk((0, 0), stream)
+
+
 def _many_members(n=10_000) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -320,6 +334,8 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
           "load a plugin for", "HDF5 plugin loading"),
         lambda: _planted(lambda f, p: f.create_dataset(p, data=benign_weights()[0], chunks=(F, 4 * H), compression=32004,
                                                allow_unknown_filter=True)))
+    add(A("h5_deflate_bomb.weights.h5", "weights", "filter 1", "a 96-byte weight whose compressed chunk inflates "
+          "to 256 MiB", "decompression bomb inside HDF5"), lambda: _planted(_deflate_bomb))
     add(A("legacy_lambda.h5", "model", "Lambda", "legacy .h5 whose model_config holds a Lambda with bytecode",
           "CVE-2024-3660, CVE-2025-9905"),
         lambda: legacy_h5(legacy_layers()[:2] + [{"class_name": "Lambda", "config": {
