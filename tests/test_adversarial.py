@@ -167,7 +167,8 @@ def test_system_calls_during_loads_touch_only_the_loaded_file(crafted, tmp_path)
 
 
 def test_no_side_effects_on_disk(crafted):
-    before = {p: p.exists() for p in (Path("/tmp/jaxmask_absolute.txt"), crafted.parent.parent / "jaxmask_traversal.txt")}
+    targets = (Path("/tmp/jaxmask_absolute.txt"), crafted.parent.parent / "jaxmask_traversal.txt")
+    before = {p: p.exists() for p in targets}
     for name, attack in CATALOGUE.items():
         with pytest.raises(jm.UnsafeFileError):
             load(crafted / name, attack.entry)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -221,11 +222,15 @@ def keras3_models(keras):
     m4 = keras.Model(inp, L.Dense(2, activation="gelu")(h))
     m5 = keras.Sequential([L.Masking(0.0), L.GRU(2, return_sequences=True, activation="elu"), L.Dense(1)])
     m5.build((None, T, F))
+    acts = ["exponential", "linear", "tanh", "sigmoid", "hard_sigmoid", "relu", "relu6", "elu", "selu", "softplus",
+            "softsign", "silu", "swish", "gelu", "softmax", "log_softmax", "hard_silu", "hard_swish", "mish"]
+    m6 = keras.Sequential([keras.Input((T, F))] + [L.Dense(3, activation=a) for a in acts])
     return {"seq_every_layer": (m1, "float_no_empty_row", ("keras", "h5")),
             "seq_backwards_hard_sigmoid": (m2, "float", ("keras", "weights")),
             "functional_embedding": (m3, "tokens", ("keras", "h5")),
             "functional_bidirectional_mul": (m4, "float", ("keras",)),
-            "seq_built_without_input": (m5, "float", ("keras",))}
+            "seq_built_without_input": (m5, "float", ("keras",)),
+            "seq_every_activation": (m6, "float", ("keras",))}
 
 
 def tf_keras_models(tf_keras):
@@ -293,7 +298,9 @@ def keras_files(tmp_path_factory):
             models[name] = model
             for fmt in formats:
                 path = d / (f"{name}.h5" if fmt == "h5" else f"{name}_weights.h5")
-                model.save(path) if fmt == "h5" else model.save_weights(path)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "HDF5 format is considered legacy": on purpose
+                    model.save(path) if fmt == "h5" else model.save_weights(path)
                 files[f"{name}.{fmt}"] = (path, inputs, ref)
     return d, files, models, keras
 
@@ -316,11 +323,12 @@ def child_outputs(keras_files):
 FULL_MODEL_FILES = [
     "seq_every_layer.keras", "seq_every_layer.h5", "seq_backwards_hard_sigmoid.keras",
     "functional_embedding.keras", "functional_embedding.h5", "functional_bidirectional_mul.keras",
-    "seq_built_without_input.keras", "tf_keras_seq_hard_sigmoid.h5", "tf_keras_functional_embedding.h5",
+    "seq_built_without_input.keras", "seq_every_activation.keras", "tf_keras_seq_hard_sigmoid.h5", "tf_keras_functional_embedding.h5",
 ]
 
 
 @pytest.mark.parametrize("key", FULL_MODEL_FILES)
+@pytest.mark.keras
 def test_load_model_without_tensorflow_matches_keras(keras_files, child_outputs, key):
     files = keras_files[1]
     if key not in files:
@@ -329,6 +337,7 @@ def test_load_model_without_tensorflow_matches_keras(keras_files, child_outputs,
     np.testing.assert_allclose(child_outputs[key], ref, **TOL["float32"])
 
 
+@pytest.mark.keras
 def test_load_weights_from_keras_weights_h5_matches_keras(keras_files):
     _, files, _, _ = keras_files
     path, inputs, ref = files["seq_backwards_hard_sigmoid.weights"]
@@ -337,6 +346,7 @@ def test_load_weights_from_keras_weights_h5_matches_keras(keras_files):
     np.testing.assert_allclose(twin(INPUTS[inputs])[0], ref, **TOL["float32"])
 
 
+@pytest.mark.keras
 def test_load_weights_from_tf_keras_save_weights_matches_keras(keras_files):
     _, files, _, _ = keras_files
     if "tf_keras_functional_embedding.h5_weights" not in files:
@@ -361,6 +371,7 @@ def twin_of_seq_backwards(seed):
     ])
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("name, twin", [("seq_backwards_hard_sigmoid", twin_of_seq_backwards),
                                         ("seq_every_layer", every_layer_model)])
 def test_save_weights_loads_into_keras_with_identical_outputs(keras_files, tmp_path, name, twin):
@@ -375,6 +386,7 @@ def test_save_weights_loads_into_keras_with_identical_outputs(keras_files, tmp_p
     np.testing.assert_allclose(np.asarray(theirs(x, training=False)), ours(x)[0], **TOL["float32"])
 
 
+@pytest.mark.keras
 def test_non_linear_and_custom_keras_models_are_refused(keras_files, tmp_path):
     _, _, _, keras = keras_files
     L = keras.layers

@@ -33,7 +33,8 @@ def _major(version, default: int, what: str) -> int:
     """The major Keras version from ``"3.15.1"``-like text (``default`` when absent)."""
     if version is None:
         return default
-    m = re.fullmatch(r"(\d{1,3})\.\d{1,4}(\.\d{1,4})?([.\-+a-zA-Z0-9]{0,32})", version) if isinstance(version, str) else None
+    pattern = r"(\d{1,3})\.\d{1,4}(\.\d{1,4})?([.\-+a-zA-Z0-9]{0,32})"
+    m = re.fullmatch(pattern, version) if isinstance(version, str) else None
     if not m:
         refuse(f"{what}: keras_version {version!r:.80} is not a version number.")
     major = int(m.group(1))

@@ -33,9 +33,14 @@ KERAS_FUNCTIONS = frozenset({
     "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy", "top_k_categorical_accuracy",
     "sparse_top_k_categorical_accuracy",
 })
-# Activation names a config may use: those jaxmask implements (jaxmask's private "hard_sigmoid_legacy" is
-# chosen from "hard_sigmoid" by the Keras version, never by name).
-ACTIVATION_NAMES = frozenset(ACTIVATIONS) - {"hard_sigmoid_legacy"}
+# Activation names a config may use: Keras' names whose jaxmask function was checked against Keras 3.15
+# (tests/test_keras_io.py). "hard_sigmoid" means clip(0.2 x + 0.5) in Keras <= 2 and relu6(x + 3) / 6 in Keras 3:
+# the file's Keras version picks jaxmask's "hard_sigmoid_legacy" or "hard_sigmoid".
+_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
+ACTIVATION_NAMES = frozenset({
+    "linear", "tanh", "sigmoid", "hard_sigmoid", "relu", "relu6", "elu", "selu", "softplus", "softsign", "silu",
+    "swish", "gelu", "exponential", "softmax", "log_softmax", "hard_silu", "hard_swish", "mish",
+}) & (frozenset(ACTIVATIONS) | frozenset(_ALIASES))
 _INITIALIZERS = frozenset({
     "GlorotUniform", "GlorotNormal", "Orthogonal", "OrthogonalInitializer", "Zeros", "Ones", "Constant",
     "RandomUniform", "RandomNormal", "TruncatedNormal", "HeUniform", "HeNormal", "LecunUniform", "LecunNormal",
@@ -122,7 +127,8 @@ def scan_objects(value, what: str) -> None:
         if not {"module", "class_name", "registered_name"} & v.keys():
             continue
         module, cls, reg = v.get("module"), v.get("class_name"), v.get("registered_name")
-        if not isinstance(cls, str) or not isinstance(module, (str, type(None))) or not isinstance(reg, (str, type(None))):
+        optional_str = (str, type(None))
+        if not isinstance(cls, str) or not isinstance(module, optional_str) or not isinstance(reg, optional_str):
             refuse(f"{where}: 'module', 'class_name' and 'registered_name' must be strings; received "
                    f"module={module!r}, class_name={cls!r}, registered_name={reg!r}.")
         if cls in _WHY_REFUSED:
@@ -239,7 +245,7 @@ def _activation(keras_major: int):
             refuse(f"{where}: activation {v!r:.80} is not one of {sorted(ACTIVATION_NAMES)}.")
         if v == "hard_sigmoid" and keras_major < 3:
             return "hard_sigmoid_legacy"  # Keras <= 2: clip(0.2 x + 0.5); Keras 3: relu6(x + 3) / 6
-        return "silu" if v == "swish" else v
+        return _ALIASES.get(v, v)
     return check
 
 

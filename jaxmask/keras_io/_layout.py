@@ -78,7 +78,8 @@ def slots(spec: LayerSpec) -> list[Slot]:
         return [Slot("", 0, (a["input_dim"], a["output_dim"]), ("embeddings",))]
     if spec.kind in RNN_GATES:
         g = RNN_GATES[spec.kind] * a["units"]
-        out = [Slot("cell", 0, (a["in_features"], g), ("kernel",)), Slot("cell", 1, (a["units"], g), ("recurrent_kernel",))]
+        out = [Slot("cell", 0, (a["in_features"], g), ("kernel",)),
+               Slot("cell", 1, (a["units"], g), ("recurrent_kernel",))]
         if a["use_bias"]:
             shape = (2, g) if spec.kind == "GRU" and a["reset_after"] else (g,)
             out.append(Slot("cell", 2, shape, ("bias",)))

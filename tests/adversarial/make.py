@@ -119,8 +119,10 @@ def keras_archive(config=None, weights_h5=None, extra=(), metadata=None) -> byte
     """A ``.keras`` zip: config.json, model.weights.h5, metadata.json, plus ``extra`` (ZipInfo, bytes) members."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(_zip_info("metadata.json"), json.dumps(metadata or {"keras_version": "3.15.1", "date_saved": "crafted"}))
-        z.writestr(_zip_info("config.json"), config if isinstance(config, str) else json.dumps(config or benign_config()))
+        meta = metadata or {"keras_version": "3.15.1", "date_saved": "crafted"}
+        z.writestr(_zip_info("metadata.json"), json.dumps(meta))
+        text = config if isinstance(config, str) else json.dumps(config or benign_config())
+        z.writestr(_zip_info("config.json"), text)
         z.writestr(_zip_info("model.weights.h5"),
                    weights_h5 if weights_h5 is not None else h5_image(write_keras3_weights))
         for info, data in extra:
@@ -293,7 +295,8 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
           "CVE-2026-1669 class; keras PRs #22899/#22900"),
         lambda: keras_archive(weights_h5=_planted(lambda f, p: f.__setitem__(p, h5py.ExternalLink(target, "/data")))))
     add(A("h5_soft_link.keras", "model", "soft link", "HDF5 SoftLink aliasing another weight", "keras PR #22900"),
-        lambda: keras_archive(weights_h5=_planted(lambda f, p: f.__setitem__(p, h5py.SoftLink("/layers/dense/vars/0")))))
+        lambda: keras_archive(weights_h5=_planted(
+            lambda f, p: f.__setitem__(p, h5py.SoftLink("/layers/dense/vars/0")))))
     add(A("h5_external_dataset.weights.h5", "weights", "external file", "dataset stored in another file",
           "CVE-2026-1669 (tf-keras PR #921)"),
         lambda: _planted(lambda f, p: f.create_dataset(p, shape=(F, 4 * H), dtype="f4", external=[(secret, 0, 96)])))
@@ -313,7 +316,8 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
           "non-numeric dtype"),
         lambda: _planted(lambda f, p: f.create_dataset(p, shape=(F,), dtype=h5py.vlen_dtype(np.float32))))
     add(A("h5_object_dtype.keras", "model", "reference", "object-reference dtype weight", "non-numeric dtype"),
-        lambda: keras_archive(weights_h5=_planted(lambda f, p: f.create_dataset(p, data=[f.ref] * F, dtype=h5py.ref_dtype))))
+        lambda: keras_archive(weights_h5=_planted(
+            lambda f, p: f.create_dataset(p, data=[f.ref] * F, dtype=h5py.ref_dtype))))
     add(A("h5_string_dtype.weights.h5", "weights", "string type", "string weight", "non-numeric dtype"),
         lambda: _planted(lambda f, p: f.create_dataset(p, data=np.array([b"x" * 8] * F))))
     add(A("h5_compound_dtype.weights.h5", "weights", "compound type", "compound (struct) weight",
@@ -332,8 +336,8 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
           "HDF5 traversal DoS"), lambda: h5_image(_cycle))
     add(A("h5_unknown_filter.weights.h5", "weights", "filter 32004", "weight compressed with a filter HDF5 would "
           "load a plugin for", "HDF5 plugin loading"),
-        lambda: _planted(lambda f, p: f.create_dataset(p, data=benign_weights()[0], chunks=(F, 4 * H), compression=32004,
-                                               allow_unknown_filter=True)))
+        lambda: _planted(lambda f, p: f.create_dataset(p, data=benign_weights()[0], chunks=(F, 4 * H),
+                                                       compression=32004, allow_unknown_filter=True)))
     add(A("h5_deflate_bomb.weights.h5", "weights", "filter 1", "a 96-byte weight whose compressed chunk inflates "
           "to 256 MiB", "decompression bomb inside HDF5"), lambda: _planted(_deflate_bomb))
     add(A("legacy_lambda.h5", "model", "Lambda", "legacy .h5 whose model_config holds a Lambda with bytecode",
@@ -372,7 +376,8 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
             "name": "lookup", "vocabulary": secret}, "registered_name": None}, at=1)))
     add(A("config_custom_registered.keras", "model", "registered_name", "a Dense registered as a custom object",
           "custom objects are code"),
-        lambda: keras_archive(benign_config(benign_layers()[:3] + [dict(benign_layers()[3], registered_name="Custom>Evil")])))
+        lambda: keras_archive(benign_config(
+            benign_layers()[:3] + [dict(benign_layers()[3], registered_name="Custom>Evil")])))
     add(A("config_function_activation.keras", "model", "function-valued", "activation given as a function "
           "from __main__", "function-valued fields"),
         lambda: keras_archive(benign_config(benign_layers()[:3] + [dict(benign_layers()[3], config=dict(
