@@ -1,18 +1,20 @@
 """Fast path for the standard LSTM (sigmoid gates, tanh): a masked recurrence with a hand-written VJP.
 
-Autodiff of ``lax.scan`` forms the recurrent-weight gradient as T small [H, B] x [B, 4H] matmuls
-accumulated in the loop carry. Here the backward scan only carries (dh, dc) and emits the gate
-gradients dZ [T, B, 4H]; the weight gradient is then one large matmul
-``dU = Σ_t (h_{t-1} ⊙ r)ᵀ dZ_t``, which is how cuDNN-class kernels win.
+Measured on XLA:CPU (see benchmarks/), three things dominate autodiff of a plain ``lax.scan`` LSTM:
+the time-parallel input projection ``[T·B, F] x [F, 4H]`` with a small F (slow in the CPU matmul library),
+the [T, B, 4H] buffers it and the stacked residuals need, and the recurrent-weight gradient formed as T
+small matmuls inside the backward loop. Here each step does one matmul ``[x_t, h ⊙ r] W`` with
+``W = [kernel; recurrent_kernel]``; the backward loop carries only (dh, dc) and emits the gate gradients
+dZ; the weight gradient is one large matmul ``dW = [X, H_prev ⊙ r]ᵀ dZ`` and the input gradient another.
 
 Forward, per step (m = mask, r = recurrent dropout mask or 1):
 
 .. math::
-    z = x_t + (h ⊙ r) U,\\; i, f, o = σ(z_{i,f,o}),\\; g = \\tanh z_c,\\;
+    z = [x_t, h ⊙ r] W + b,\\; i, f, o = σ(z_{i,f,o}),\\; g = \\tanh z_c,\\;
     \\tilde c = f c + i g,\\; \\tilde h = o \\tanh \\tilde c,\\;
     (h, c) \\leftarrow m\\,?\\,(\\tilde h, \\tilde c) : (h, c)
 
-The numbers equal :func:`jaxmask.functional.rnn.masked_scan` with ``lstm_cell()`` (tested).
+The numbers equal :func:`jaxmask.functional.rnn.masked_scan` with ``fused=False`` (tested).
 """
 
 from __future__ import annotations
@@ -31,64 +33,69 @@ def _gates(z):
 
 @functools.lru_cache(maxsize=None)
 def lstm_scan(has_mask: bool, has_dropout: bool, unroll: int | bool, remat: bool):
-    """Build ``scan(U, xp, mask, h0, c0, r) -> (H [T, B, H], h_T, c_T)`` with a custom VJP.
+    """Build ``scan(W, b, x, mask, h0, c0, r) -> (H [T, B, H], h_T, c_T)`` with a custom VJP.
 
-    Args of the built function: U [H, 4H]; xp [T, B, 4H] projected inputs (x W + b); mask bool [T, B]
-    (ignored unless ``has_mask``); h0, c0 [B, H]; r [B, H] recurrent dropout (ignored unless
-    ``has_dropout``). H[t] is the (held) hidden state after step t. ``remat=True`` stores only h and c per
-    step and recomputes the gates in the backward pass (memory T·B·2H instead of T·B·7H).
+    Args of the built function: W [F + H, 4H] (kernel stacked over recurrent_kernel); b [4H];
+    x [T, B, F] time-major inputs (padding already zeroed); mask bool [T, B] (ignored unless ``has_mask``);
+    h0, c0 [B, H]; r [B, H] recurrent dropout, scaled (ignored unless ``has_dropout``). H[t] is the (held)
+    hidden state after step t. ``remat=True`` keeps only c per step and recomputes the gates in the backward
+    pass (one more matmul per step, [T, B, 4H] less memory: for very long sequences).
     """
 
-    def cell(U, xp_t, h, c, r):
-        hr = h * r if has_dropout else h
-        i, f, g, o = _gates(xp_t + hr @ U)
-        c_new = f * c + i * g
-        tc = jnp.tanh(c_new)
-        return i, f, g, o, c_new, tc, o * tc
+    def step_gates(W, b, x_t, hr):
+        return _gates(jnp.concatenate([x_t, hr], axis=-1) @ W + b[None, :])
 
-    def forward(U, xp, mask, h0, c0, r):
+    def forward(W, b, x, mask, h0, c0, r, keep_residuals):
         def body(carry, inputs):
             h, c = carry
-            xp_t, m_t = inputs
-            i, f, g, o, c_new, tc, h_new = cell(U, xp_t, h, c, r)
+            x_t, m_t = inputs
+            i, f, g, o = step_gates(W, b, x_t, h * r if has_dropout else h)
+            c_new = f * c + i * g
+            h_new = o * jnp.tanh(c_new)
             if has_mask:
                 keep = m_t[:, None]
                 h_new = jnp.where(keep, h_new, h)
                 c_new = jnp.where(keep, c_new, c)
-            saved = (c,) if remat else (jnp.concatenate([i, f, g, o], axis=-1), tc, c)
+            if not keep_residuals:
+                saved = None
+            elif remat:
+                saved = c
+            else:
+                saved = (jnp.concatenate([i, f, g, o], axis=-1), c)
             return (h_new, c_new), (h_new, saved)
 
-        (h_t, c_t), (hs, saved) = lax.scan(body, (h0, c0), (xp, mask if has_mask else None), unroll=unroll)
+        (h_t, c_t), (hs, saved) = lax.scan(body, (h0, c0), (x, mask if has_mask else None), unroll=unroll)
         return hs, h_t, c_t, saved
 
     @jax.custom_vjp
-    def scan(U, xp, mask, h0, c0, r):
-        hs, h_t, c_t, _ = forward(U, xp, mask, h0, c0, r)
+    def scan(W, b, x, mask, h0, c0, r):
+        hs, h_t, c_t, _ = forward(W, b, x, mask, h0, c0, r, False)
         return hs, h_t, c_t
 
-    def scan_fwd(U, xp, mask, h0, c0, r):
-        hs, h_t, c_t, saved = forward(U, xp, mask, h0, c0, r)
-        return (hs, h_t, c_t), (U, xp if remat else None, mask, h0, r, hs, saved)
+    def scan_fwd(W, b, x, mask, h0, c0, r):
+        hs, h_t, c_t, saved = forward(W, b, x, mask, h0, c0, r, True)
+        return (hs, h_t, c_t), (W, b, x, mask, h0, r, hs, saved)
 
     def scan_bwd(res, cotangents):
-        U, xp, mask, h0, r, hs, saved = res
+        W, b, x, mask, h0, r, hs, saved = res
         d_hs, d_ht, d_ct = cotangents
-        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+        n_in = x.shape[-1]
+        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]: the h each step started from
         if has_dropout:
             h_prev = h_prev * r[None]
-        u_t = U.T
+        u_t = W[n_in:].T
 
         def body(carry, inputs):
             dh, dc = carry
-            d_h_t, m_t, hp_t, xp_t, saved_t = inputs
+            d_h_t, m_t, step_inputs = inputs
             dh = dh + d_h_t
             if remat:
-                (c_prev,) = saved_t
-                i, f, g, o = _gates(xp_t + hp_t @ U)
-                tc = jnp.tanh(f * c_prev + i * g)
+                x_t, hp_t, c_prev = step_inputs
+                i, f, g, o = step_gates(W, b, x_t, hp_t)
             else:
-                gates, tc, c_prev = saved_t
+                gates, c_prev = step_inputs
                 i, f, g, o = jnp.split(gates, 4, axis=-1)
+            tc = jnp.tanh(f * c_prev + i * g)
             dcn = dc + dh * o * (1.0 - tc * tc)
             dz = jnp.concatenate(
                 [dcn * g * i * (1.0 - i), dcn * c_prev * f * (1.0 - f), dcn * i * (1.0 - g * g), dh * tc * o * (1.0 - o)],
@@ -106,12 +113,16 @@ def lstm_scan(has_mask: bool, has_dropout: bool, unroll: int | bool, remat: bool
                 dh_prev = jnp.where(keep, dh_prev, dh)
             return (dh_prev, dc_prev), dz
 
-        d_hs = d_hs.at[-1].add(d_ht)
-        xs = (d_hs, mask if has_mask else None, h_prev, xp if remat else None, saved)
-        (dh0, dc0), dz = lax.scan(body, (jnp.zeros_like(h0), d_ct), xs, reverse=True, unroll=unroll)
-        t, b, g4 = dz.shape
-        d_u = h_prev.reshape(t * b, -1).T @ dz.reshape(t * b, g4)
-        return d_u, dz, None, dh0, dc0, None
+        step_inputs = (x, h_prev, saved) if remat else saved
+        xs = (d_hs, mask if has_mask else None, step_inputs)
+        # the cotangent of h_T enters with the last step's, so it starts the carry
+        (dh0, dc0), dz = lax.scan(body, (d_ht, d_ct), xs, reverse=True, unroll=unroll)
+        t, bsz, g4 = dz.shape
+        dz_flat = dz.reshape(t * bsz, g4)
+        inputs = jnp.concatenate([x, h_prev], axis=-1).reshape(t * bsz, -1)
+        d_w = inputs.T @ dz_flat
+        d_x = (dz_flat @ W[:n_in].T).reshape(t, bsz, n_in)
+        return d_w, jnp.sum(dz_flat, axis=0), d_x, None, dh0, dc0, None
 
     scan.defvjp(scan_fwd, scan_bwd)
     return scan

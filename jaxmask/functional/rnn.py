@@ -91,7 +91,7 @@ def get_activation(name: str | None, argument: str = "activation") -> Callable[[
 
 # --------------------------------------------------------------------------------------------------
 # Cells. A cell is split into a time-parallel input projection and a per-step recurrence so that the
-# input matmul runs once over all steps. `project(params, x[B, T, F]) -> [B, T, G]`;
+# input matmul runs once over all steps. `project(params, x[T, B, F]) -> [T, B, G]`;
 # `step(params, carry, xp_t[B, G], h_dropout[B, H] | None) -> (carry, output[B, H])`.
 # --------------------------------------------------------------------------------------------------
 
@@ -114,10 +114,11 @@ def _bias(params, index=None):
 
 
 def _project(params, x, index=None):
-    """x @ kernel (+ input bias): [B, T, F] -> [B, T, G]."""
-    z = jnp.einsum("btf,fg->btg", x, params["kernel"])
-    b = _bias(params, index)
-    return z if b is None else z + b[None, None, :]
+    """x @ kernel (+ input bias): [T, B, F] -> [T, B, G], as one flat matmul (its gradient is one too)."""
+    t, b, f = x.shape
+    z = (x.reshape(t * b, f) @ params["kernel"]).reshape(t, b, -1)
+    bias = _bias(params, index)
+    return z if bias is None else z + bias[None, None, :]
 
 
 def _recurrent_input(h, h_dropout):
@@ -249,19 +250,22 @@ def masked_scan(
         x = jnp.where(mask[:, :, None], x, jnp.zeros((), x.dtype))
     if input_dropout is not None:
         x = x * input_dropout[:, None, :]
-    xp = jnp.swapaxes(cell.project(params, x), 0, 1)  # [T, B, G]
+    x = jnp.swapaxes(x, 0, 1)  # [T, B, F]
     mask_t = None if mask is None else jnp.swapaxes(mask, 0, 1)  # [T, B]
     if go_backwards:
-        xp = jnp.flip(xp, axis=0)
+        x = jnp.flip(x, axis=0)
         mask_t = None if mask_t is None else jnp.flip(mask_t, axis=0)
     carry0 = tuple(initial_state)
 
     if fused and cell.name == "lstm_standard":
         scan = fused_lstm.lstm_scan(mask_t is not None, recurrent_dropout is not None, unroll, remat)
-        dummy = jnp.zeros((), bool)
+        w = jnp.concatenate([params["kernel"], params["recurrent_kernel"]], axis=0)
+        b = params.get("bias")
+        b = jnp.zeros((w.shape[1],), w.dtype) if b is None else b
+        unused = jnp.zeros((), bool)
         hs, h_t, c_t = scan(
-            params["recurrent_kernel"], xp, dummy if mask_t is None else mask_t, carry0[0], carry0[1],
-            dummy if recurrent_dropout is None else recurrent_dropout,
+            w, b, x, unused if mask_t is None else mask_t, carry0[0], carry0[1],
+            unused if recurrent_dropout is None else recurrent_dropout,
         )
         final = (h_t, c_t)
     else:
@@ -274,7 +278,7 @@ def masked_scan(
                 new_carry = tuple(jnp.where(keep, n, o) for n, o in zip(new_carry, carry))
             return new_carry, new_carry[0]
 
-        final, hs = lax.scan(body, carry0, (xp, mask_t), unroll=unroll)
+        final, hs = lax.scan(body, carry0, (cell.project(params, x), mask_t), unroll=unroll)
 
     if mask_t is not None:
         if zero_output_for_mask:
