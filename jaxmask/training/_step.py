@@ -141,7 +141,7 @@ class TrainStep:
         ``loss``, one entry per metric, ``nonfinite_steps``.
       evaluate: jitted ``(params, other, acc, batch) -> (acc, logs)`` in inference mode.
       predict: jitted ``(params, other, x, mask) -> (y_pred, mask)`` in inference mode; the mask is
-        :func:`loss_mask` of the model's output mask and ``mask``.
+        :func:`loss_mask` of the model's output mask and ``mask``. Outputs are replicated over the mesh.
       trace_counts: how many times each function was traced (compiled), for tests and diagnostics.
     """
 
@@ -326,7 +326,8 @@ def make_train_step(
         (:class:`jaxmask.nn.Sequential`).
       optimizer: an optax ``GradientTransformation``.
       loss: anything :func:`jaxmask.masked_loss` accepts (a Keras name, a ``jm.losses`` function or
-        ``Loss`` object, a callable). A ``Loss`` object's ``reduction`` is used.
+        ``Loss`` object, a callable). A ``Loss`` object's ``reduction`` is used; ``semantics`` below
+        replaces its own.
       metrics: metric objects (or names for :func:`jaxmask.metrics.get`); they see the mask, not the
         sample weights (Keras' ``metrics=``). Keras' shape-dependent ``"accuracy"`` needs shapes: pass
         ``jm.metrics.resolve("accuracy", y_true_shape, y_pred_shape)`` (``Trainer`` does this for you).
@@ -366,7 +367,7 @@ def make_train_step(
     replicated = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
     ts.step = jax.jit(ts._train, donate_argnums=(0,) if donate else (), **replicated)
     ts.evaluate = jax.jit(ts._evaluate, **replicated)
-    ts.predict = jax.jit(ts._predict)
+    ts.predict = jax.jit(ts._predict, **replicated)  # replicated: readable by every process of a multi-host run
     return ts
 
 

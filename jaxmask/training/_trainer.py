@@ -3,15 +3,16 @@ pure training step, with resumable checkpoints, length bucketing and data parall
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxmask._checks import check_choice
 from jaxmask import metrics as jm_metrics
+from jaxmask._checks import check_choice
+from jaxmask.functional.reduction import SEMANTICS
 from jaxmask.training import _checkpoint as ckpt
 from jaxmask.training._callbacks import BackupAndRestore, Callback, CallbackList, History, ProgressBar
 from jaxmask.training._data import (
@@ -31,8 +32,6 @@ from jaxmask.training._data import (
     valid_lengths,
 )
 from jaxmask.training._step import TrainStep, _call_model, host_logs, make_train_step
-
-SEMANTICS = ("keras3", "tf_keras", "tf_keras_pre212", "keras_legacy")
 
 
 def _copy(tree):
@@ -564,6 +563,8 @@ class Trainer:
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None, *, mask=None) -> dict:
         """``{"loss": ..., <metric>: ...}`` over the whole data in inference mode (dropout off).
 
+        Always a dict (Keras' ``return_dict=True``); ``verbose`` is accepted and prints nothing.
+
         The loss is the mean of the batch losses weighted by batch size, and metrics accumulate over all
         valid steps, as Keras' ``evaluate(return_dict=True)``.
         """
@@ -590,7 +591,7 @@ class Trainer:
           x: [N, T, F] (or int [N, T]), or ``(x, mask)``.
           batch_size: rows per call (default 32). Calls are padded to ``batch_size``, or to the next power of two
             for fewer rows, so that predictions on many inputs of the same T compile at most log2(batch_size) + 1 times.
-          verbose: accepted for Keras compatibility (no output).
+          verbose: accepted for Keras compatibility (prints nothing).
           mask: optional bool [N, T].
 
         Returns:
