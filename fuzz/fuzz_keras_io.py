@@ -209,6 +209,7 @@ def main() -> None:
         corpus_dir = tempfile.mkdtemp(prefix="jaxmask-fuzz-corpus-")
         argv.append(corpus_dir)
         corpus = [corpus_dir]
+    os.makedirs(corpus[0], exist_ok=True)
     if not os.listdir(corpus[0]):
         _seed_corpus(corpus[0])
     if not any(a.startswith("-artifact_prefix=") for a in argv):
