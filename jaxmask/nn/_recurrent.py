@@ -40,6 +40,7 @@ class _RNN(Layer):
         recurrent_dropout: float = 0.0,
         unroll: int | bool = 1,
         initial_output: str = "zeros",
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         for name, value in (("in_features", in_features), ("units", units)):
@@ -62,6 +63,7 @@ class _RNN(Layer):
         self.recurrent_dropout = recurrent_dropout
         self.unroll = unroll
         self.initial_output = initial_output
+        self.remat = remat
         self.deterministic = False
         self.rngs = rng_stream(rngs)
         g = self._gates * self.units
@@ -93,7 +95,7 @@ class _RNN(Layer):
         """Constructor arguments (without ``rngs``): enough to build a twin layer."""
         keys = (
             "in_features units return_sequences return_state go_backwards zero_output_for_mask activation "
-            "use_bias dropout recurrent_dropout unroll initial_output"
+            "use_bias dropout recurrent_dropout unroll initial_output remat"
         ).split()
         return {k: getattr(self, k) for k in keys} | self._extra_config()
 
@@ -151,6 +153,7 @@ class _RNN(Layer):
             input_dropout=in_dp,
             recurrent_dropout=rec_dp,
             unroll=self.unroll,
+            remat=self.remat,
         )
         y = outputs if self.return_sequences else last
         return (y, *final) if self.return_state else y
