@@ -257,7 +257,7 @@ def epoch_plan(
     return batches
 
 
-def padding_report(plan, t: int, lengths: np.ndarray, valid_steps: np.ndarray) -> dict:
+def padding_report(plan, t: int, valid_steps: np.ndarray) -> dict:
     """``padding_saved``: share of the fully padded steps (N·T) that bucketing did not compute;
     ``padding_waste``: share of the computed steps that are padding (masked)."""
     full = sum(len(rows) * t for rows, _ in plan)

@@ -73,7 +73,8 @@ class Trainer:
         objects; masked, not weighted by ``sample_weight``.
       weighted_metrics: like ``metrics``, also weighted by ``sample_weight``.
       semantics: "keras3" (default), "tf_keras", "tf_keras_pre212" or "keras_legacy".
-      seed: root of dropout randomness and of the per-epoch shuffles.
+      seed: root of dropout randomness (every layer's RNG stream is re-seeded from (seed, step) inside the
+        step, so the layers' own ``nnx.Rngs`` seeds do not matter in training) and of the per-epoch shuffles.
       mesh: a ``jax.sharding.Mesh`` with a ``"batch"`` axis; default :func:`jaxmask.training.batch_mesh`.
       loss_kwargs: extra arguments of the loss function (``from_logits=True``, ``label_smoothing``...).
 
@@ -136,7 +137,9 @@ class Trainer:
         self._fit = None
         self._valid_steps = None
         self._checked: dict = {}
-        self._predictor = make_train_step(model, optimizer, loss, semantics=semantics, mesh=self.mesh, donate=False)
+        self._predictor = make_train_step(
+            model, optimizer, loss, semantics=semantics, loss_kwargs=self.loss_kwargs, mesh=self.mesh, donate=False
+        )
 
     # ---------------------------------------------------------------------------------- model <-> state
 
@@ -446,7 +449,7 @@ class Trainer:
                         break
                 epoch_logs = host_logs(step.results(self.state.acc))
                 if buckets is not None:
-                    epoch_logs.update(padding_report(plan, data.t, buckets.lengths, self._valid_steps))
+                    epoch_logs.update(padding_report(plan, data.t, self._valid_steps))
                 if val is not None:
                     val_logs = self._evaluate_data(val, val_batch_size)
                     epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})

@@ -290,3 +290,25 @@ def test_constructor_errors():
         jm.Trainer(lambda x: x, optax.sgd(0.1), "mse")
     with pytest.raises(TypeError, match=r"`metrics` and `weighted_metrics` must be lists"):
         jm.Trainer(model, optax.sgd(0.1), "mse", metrics="accuracy")
+
+
+def test_dropout_is_a_function_of_trainer_seed_and_step(data):
+    """Every RNG stream is re-seeded from (Trainer seed, step): same seed, same masks, whatever key type the
+    layers were built with (here rbg keys); another seed, other masks."""
+    x, y, mask, _ = data
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    model = jm.nn.Sequential(
+        [
+            jm.nn.Masking(0.0),
+            jm.nn.LSTM(F, 4, return_sequences=True, dropout=0.3, recurrent_dropout=0.3, rngs=rngs),
+            jm.nn.Dropout(0.5, rngs=rngs),
+            jm.nn.Dense(4, 1, activation="sigmoid", rngs=rngs),
+        ]
+    )
+    losses = []
+    for seed in (1, 1, 2):
+        trainer = jm.Trainer(nnx.clone(model), optax.sgd(0.1), "binary_crossentropy", seed=seed)
+        losses.append([trainer.train_on_batch((x[:16], mask[:16]), y[:16])["loss"] for _ in range(3)])
+    assert losses[0] == losses[1]
+    assert losses[0][0] != losses[2][0]
+    assert len(set(losses[0])) == 3
