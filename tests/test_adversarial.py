@@ -70,6 +70,8 @@ def test_benign_controls_load_the_generators_weights(crafted, name):
 @pytest.mark.parametrize("name", sorted(CATALOGUE))
 def test_crafted_file_is_refused_fast_and_small(crafted, name):
     attack = CATALOGUE[name]
+    if attack.hangs_unguarded:
+        pytest.skip("would hang this process if the guard regressed; checked in a subprocess with a timeout")
     tracemalloc.start()
     try:
         start = time.perf_counter()
@@ -170,6 +172,8 @@ def test_no_side_effects_on_disk(crafted):
     targets = (Path("/tmp/jaxmask_absolute.txt"), crafted.parent.parent / "jaxmask_traversal.txt")
     before = {p: p.exists() for p in targets}
     for name, attack in CATALOGUE.items():
+        if attack.hangs_unguarded:
+            continue
         with pytest.raises(jm.UnsafeFileError):
             load(crafted / name, attack.entry)
     assert not (crafted / make.PWNED_MARKER).exists()

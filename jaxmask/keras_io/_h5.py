@@ -37,8 +37,60 @@ _TYPE_CLASS_NAMES = {
 H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, OverflowError, UnicodeError)
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_GLOBAL_HEAP = b"GCOL\x01"  # signature + version 1: what HDF5 accepts as a global heap collection
+
+
+def _size_of_lengths(data: bytes, what: str) -> int:
+    """The superblock's "size of lengths" (bytes per length field; 8 in practice)."""
+    offset = 0
+    while offset + 16 <= len(data) and data[offset : offset + 8] != _HDF5_MAGIC:
+        offset = 512 if offset == 0 else offset * 2
+    if offset + 16 > len(data):
+        refuse(f"{what} has no HDF5 superblock.")
+    version = data[offset + 8]
+    if version not in (0, 1, 2, 3):
+        refuse(f"{what} has an unknown HDF5 superblock version {version}.")
+    size = data[offset + 14] if version < 2 else data[offset + 10]
+    if size not in (2, 4, 8):
+        refuse(f"{what} declares {size}-byte lengths in its HDF5 superblock.")
+    return size
+
+
+def check_global_heaps(data: bytes, what: str) -> None:
+    """Walk every global heap collection in ``data`` as HDF5's ``H5HG__cache_heap_deserialize`` would, and
+    refuse any whose objects do not tile it exactly.
+
+    libhdf5 1.14.6 (bundled with h5py 3.14) loops forever on a free-space object of size 0 and walks past the
+    collection on oversized objects; it deserializes a collection whenever a variable-length string (the
+    ``model_config`` and ``layer_names`` attributes of legacy files) is read. Found by fuzz/fuzz_keras_io.py.
+    """
+    length = _size_of_lengths(data, what)
+    header, object_header = 8 + length, 8 + length
+    pos = data.find(_GLOBAL_HEAP)
+    while pos >= 0:
+        where = f"{what}: global heap collection at byte {pos}"
+        if pos + header > len(data):
+            refuse(f"{where} is truncated.")
+        end = pos + int.from_bytes(data[pos + 8 : pos + 8 + length], "little")
+        if end < pos + header or end > len(data):
+            refuse(f"{where} declares {end - pos} bytes; the file has {len(data) - pos} from there.")
+        p = pos + header
+        while p + object_header <= end:
+            index = int.from_bytes(data[p : p + 2], "little")
+            size = int.from_bytes(data[p + 8 : p + 8 + length], "little")
+            need = object_header + -(-size // 8) * 8 if index else size
+            if need <= 0 or p + need > end:
+                refuse(f"{where}: object {index} of size {size} does not fit the collection (HDF5 would loop or "
+                       "read past it).")
+            p += need
+        pos = data.find(_GLOBAL_HEAP, pos + 1)
+
+
 def open_image(data: bytes, what: str) -> h5py.File:
-    """Open HDF5 ``data`` read-only from memory (``what`` names it in messages)."""
+    """Open HDF5 ``data`` read-only from memory (``what`` names it in messages), after checking the structures
+    libhdf5 is known to mis-parse (``check_global_heaps``)."""
+    check_global_heaps(data, what)
     try:
         fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
         fapl.set_fapl_core(backing_store=False)

@@ -42,6 +42,7 @@ class Attack:
     match: str
     what: str
     ref: str
+    hangs_unguarded: bool = False  # without the guard this file hangs libhdf5: test it in a subprocess only
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,6 +236,22 @@ def _deflate_bomb(f, path, size=256 * 2**20):
     ds.id.write_direct_chunk((0, 0), stream)
 
 
+def _global_heap_loop() -> bytes:
+    """The benign legacy .h5 with the size of its global heap's free-space object set to 0: libhdf5 1.14.6 then
+    loops forever in H5HG__cache_heap_deserialize as soon as a variable-length string (model_config) is read."""
+    data = bytearray(legacy_h5())
+    pos = data.find(b"GCOL\x01")
+    end = pos + int.from_bytes(data[pos + 8 : pos + 16], "little")
+    p = pos + 16
+    while p + 16 <= end:
+        index, size = int.from_bytes(data[p : p + 2], "little"), int.from_bytes(data[p + 8 : p + 16], "little")
+        if index == 0:
+            data[p + 8 : p + 16] = bytes(8)
+            return bytes(data)
+        p += 16 + -(-size // 8) * 8
+    raise AssertionError("the legacy file has no free space in its global heap")
+
+
 def _many_members(n=10_000) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -340,6 +357,9 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
                                                        compression=32004, allow_unknown_filter=True)))
     add(A("h5_deflate_bomb.weights.h5", "weights", "filter 1", "a 96-byte weight whose compressed chunk inflates "
           "to 256 MiB", "decompression bomb inside HDF5"), lambda: _planted(_deflate_bomb))
+    add(A("legacy_global_heap_loop.h5", "model", "global heap collection", "legacy .h5 whose global heap has a "
+          "zero-size free-space object (libhdf5 1.14.6 loops forever reading model_config)",
+          "found by fuzz/fuzz_keras_io.py; HDF5 parser DoS", hangs_unguarded=True), _global_heap_loop)
     add(A("legacy_lambda.h5", "model", "Lambda", "legacy .h5 whose model_config holds a Lambda with bytecode",
           "CVE-2024-3660, CVE-2025-9905"),
         lambda: legacy_h5(legacy_layers()[:2] + [{"class_name": "Lambda", "config": {
