@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from jaxmask import metrics as jm_metrics
 from jaxmask._checks import check_choice
+from jaxmask.perf import configure_cpu_allocator
 from jaxmask.functional.reduction import SEMANTICS
 from jaxmask.training import _checkpoint as ckpt
 from jaxmask.training._callbacks import BackupAndRestore, Callback, CallbackList, History, ProgressBar
@@ -114,6 +115,8 @@ class Trainer:
             raise TypeError(f"`seed` must be an int; received {type(seed).__name__}.")
         if isinstance(metrics, (str, dict)) or isinstance(weighted_metrics, (str, dict)):
             raise TypeError("`metrics` and `weighted_metrics` must be lists, e.g. metrics=['accuracy'].")
+        if jax.default_backend() == "cpu":
+            configure_cpu_allocator()
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
