@@ -8,6 +8,7 @@ and works where Keras is not installed. Every entry point that needs a reference
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -45,10 +46,54 @@ def keras_module(flavor: str = "keras3"):
     return module
 
 
-def is_available(flavor: str) -> bool:
-    """Whether ``keras_module(flavor)`` would succeed, without importing it."""
-    name = "keras" if flavor == "keras3" else "tf_keras"
-    return name in sys.modules or importlib.util.find_spec(name) is not None
+def preload(flavors, *, quiet: bool = True) -> None:
+    """Import the reference libraries now; with ``quiet``, TensorFlow's C++ start-up chatter (absl lines that
+    ignore TF_CPP_MIN_LOG_LEVEL) is kept off the terminal and shown only if the import fails."""
+    import tempfile
+
+    for flavor in flavors:
+        name = "keras" if flavor == "keras3" else "tf_keras"
+        if name in sys.modules:
+            continue
+        if not quiet:
+            keras_module(flavor)
+            continue
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                keras_module(flavor)
+                _warm_up_tensorflow()
+            except BaseException:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+def _warm_up_tensorflow() -> None:
+    """Initialise TensorFlow's devices and oneDNN kernels (each logs once, on first use)."""
+    if "tensorflow" not in sys.modules:
+        return
+    tf = sys.modules["tensorflow"]
+    m = tf.constant([[True, False]])
+    v = tf.where(m, tf.ones((1, 2)), tf.zeros((1, 2)))
+    tf.reduce_sum(tf.cast(tf.transpose(tf.logical_and(m, tf.reduce_any(m, axis=-1, keepdims=True))), tf.float32))
+    tf.reduce_sum(v)
+
+
+def is_available(name: str) -> bool:
+    """Whether the top-level module ``name`` ("keras", "tf_keras", "tensorflow") is installed, without importing it."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def keras3_backend() -> str:

@@ -127,6 +127,10 @@ class KerasTarget:
         tv = [v.value for v in self.obj.trainable_variables]
         ntv = [v.value for v in self.obj.non_trainable_variables]
         loss, (outs, mask, values), grads = self._jax_fn(tv, ntv, x, y, sw, self.call_kwargs, spec)
+        if mask is None and "mask" in self.call_kwargs:
+            # stateless_call runs `call`, not `__call__`, so a layer's output mask is not attached: ask the
+            # layer, as `__call__` does.
+            mask = flatten(self.obj.compute_mask(x, self.call_kwargs["mask"]))[0]
         return Result(
             outputs=[np.asarray(o) for o in outs],
             mask=None if mask is None else np.asarray(mask).astype(bool),

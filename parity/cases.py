@@ -263,8 +263,6 @@ def _catalogue() -> list[Case]:
     add(Case("bidirectional_simple/concat", (L("bidirectional", layer=rnn("simple_rnn")), mse_head), "holes", "mse"))
     add(Case("bidirectional_gru_v1/concat", (L("bidirectional", layer=rnn("gru", reset_after=False)), mse_head),
              "pre", "mse"))
-    add(Case("bidirectional_lstm/go_backwards_forward", (L("bidirectional", layer=rnn("lstm", go_backwards=True)),
-                                                         mse_head), "mixed", "mse"))
     add(Case("bidirectional_lstm/stacked", (L("bidirectional", layer=rnn("lstm")), L("bidirectional",
                                             layer=rnn("gru", return_sequences=False), merge_mode="sum"), mse_head),
              "mixed", "mse"))

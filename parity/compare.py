@@ -225,7 +225,7 @@ def run_model_check(
     if perturb:
         for b in bindings:
             param = _param(ours, b.path)
-            param[...] = param[...] + perturb
+            param.set_value(param.get_value() + np.float32(perturb))
     target = KerasTarget(keras_model, bindings, flavor_of(keras_model), backend_of(keras_model))
     x = np.asarray(x)
     y = None if y is None else np.asarray(y)
@@ -428,7 +428,7 @@ def run_layer_check(keras_layer, x, mask=None, initial_state=None, *, name: str 
     if perturb:
         for b in bindings:
             param = _param(ours, b.path)
-            param[...] = param[...] + perturb
+            param.set_value(param.get_value() + np.float32(perturb))
     _set_initial_output(ours, "zeros")
     kwargs = {}
     if mask is not None:

@@ -13,8 +13,11 @@ names are translated where the two libraries disagree: tf_keras' ``hard_sigmoid`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -39,6 +42,23 @@ class Binding:
 
 
 # ------------------------------------------------------------------------------------------ Keras -> jaxmask
+
+_STREAMS = itertools.count()
+
+
+def _new(cls, *args, **kwargs):
+    """``cls(*args, rngs=..., **kwargs)`` without running its initialisers (they compile per shape and cost far
+    more than the conversion; every weight is overwritten anyway): built with ``nnx.eval_shape``, then the
+    abstract parameters become zeros and the dropout RNG streams distinct keys ``fold_in(key(0), i)``."""
+    module = nnx.eval_shape(lambda: cls(*args, rngs=nnx.Rngs(0), **kwargs))
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Variable) and isinstance(node.get_value(), jax.ShapeDtypeStruct):
+            abstract = node.get_value()
+            if jax.dtypes.issubdtype(abstract.dtype, jax.dtypes.prng_key):
+                node.set_value(jax.random.fold_in(jax.random.key(0), next(_STREAMS)))
+            else:
+                node.set_value(jnp.asarray(np.zeros(abstract.shape, abstract.dtype)))
+    return module
 
 
 def from_keras(keras_model) -> jm.nn.Sequential:
@@ -183,10 +203,8 @@ def _dense_from_keras(layer, flavor):
     _check_options(layer)
     kernel = _numpy(layer.kernel)
     use_bias = layer.bias is not None
-    ours = jm.nn.Dense(
-        kernel.shape[0], kernel.shape[1], activation=_activation(layer, layer.get_config()["activation"], flavor),
-        use_bias=use_bias, rngs=nnx.Rngs(0),
-    )
+    ours = _new(jm.nn.Dense, kernel.shape[0], kernel.shape[1],
+                activation=_activation(layer, layer.get_config()["activation"], flavor), use_bias=use_bias)
     weights = [("kernel", layer.kernel)] + ([("bias", layer.bias)] if use_bias else [])
     return ours, weights
 
@@ -215,7 +233,7 @@ def _rnn_from_keras(layer, flavor, backend):
         kwargs["unit_forget_bias"] = bool(cfg.get("unit_forget_bias", True))
     if kind == "GRU":
         kwargs["reset_after"] = bool(cfg.get("reset_after", True))
-    ours = getattr(jm.nn, kind)(kernel.shape[0], units, rngs=nnx.Rngs(0), **kwargs)
+    ours = _new(getattr(jm.nn, kind), kernel.shape[0], units, **kwargs)
     weights = [("kernel", cell.kernel), ("recurrent_kernel", cell.recurrent_kernel)]
     if kwargs["use_bias"]:
         weights.append(("bias", cell.bias))
@@ -255,14 +273,14 @@ def convert_layer(layer, *, flavor: str | None = None, backend: str | None = Non
     elif kind == "Embedding":
         _check_options(layer)
         table = _numpy(layer.embeddings)
-        ours = jm.nn.Embedding(table.shape[0], table.shape[1], mask_zero=bool(layer.mask_zero), rngs=nnx.Rngs(0))
+        ours = _new(jm.nn.Embedding, table.shape[0], table.shape[1], mask_zero=bool(layer.mask_zero))
         paths = [(f"{layer.name}/embeddings", layer.embeddings, ("embeddings",))]
     elif kind == "Masking":
         ours, paths = jm.nn.Masking(float(layer.mask_value)), []
     elif kind == "Dropout":
         if getattr(layer, "noise_shape", None) is not None:
             raise ValueError(f"layer {layer.name!r}: Dropout(noise_shape=...) is not supported.")
-        ours, paths = jm.nn.Dropout(float(layer.rate), rngs=nnx.Rngs(0)), []
+        ours, paths = _new(jm.nn.Dropout, float(layer.rate)), []
     elif kind == "Activation":
         ours, paths = jm.nn.Activation(_activation(layer, layer.get_config()["activation"], flavor)), []
     else:  # GlobalAveragePooling1D
@@ -302,7 +320,7 @@ def _assign(module, path, value, layer) -> None:
             f"layer {layer.name!r}: weight {'/'.join(map(str, path))} has shape {value.shape} in Keras but jaxmask "
             f"expects {tuple(param.shape)}."
         )
-    param[...] = value
+    param.set_value(jnp.asarray(value))
 
 
 # ------------------------------------------------------------------------------------------ jaxmask -> Keras
