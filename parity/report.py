@@ -13,7 +13,7 @@ from parity.compare import DEVIATION, ERROR, MISMATCH, PASS, SKIP, Report
 from parity.deviations import DEVIATIONS
 from parity.tolerances import TOLERANCES
 
-COLUMNS = (("case", 44), ("reference", 10), ("valid", 9), ("masked", 9), ("loss", 9), ("grad", 9), ("traj", 9),
+COLUMNS = (("case", 44), ("reference", 12), ("valid", 9), ("masked", 9), ("loss", 9), ("grad", 9), ("traj", 9),
            ("status", 0))
 
 
