@@ -209,8 +209,10 @@ class LSTM(_RNN):
 
     def _initial_bias(self):
         h = self.units
-        b = jnp.zeros((4 * h,), jnp.float32)
-        return b.at[h : 2 * h].set(1.0) if self.unit_forget_bias else b
+        b = np.zeros((4 * h,), np.float32)
+        if self.unit_forget_bias:
+            b[h : 2 * h] = 1.0
+        return jnp.asarray(b)
 
     def _extra_config(self):
         return {"recurrent_activation": self.recurrent_activation, "unit_forget_bias": self.unit_forget_bias}
