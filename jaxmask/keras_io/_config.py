@@ -69,6 +69,11 @@ _NUMBER = (int, float)
 _MAX_UNITS = 2**24
 
 
+def _member(value, names) -> bool:
+    """``value in names`` for a JSON value of any type (lists and dicts are unhashable: never members)."""
+    return isinstance(value, str) and value in names
+
+
 def parse_json(blob: bytes | str, what: str, limits: Limits, max_bytes: int):
     """Parse ``blob`` as JSON: size-capped, UTF-8 only, no duplicate keys, nesting depth capped."""
     if len(blob) > max_bytes:
@@ -136,7 +141,7 @@ def scan_objects(value, what: str) -> None:
         if cls == "function":
             name = v.get("config")
             if module not in ("builtins", "keras.losses", "keras.metrics", "keras.activations") or reg not in (
-                None, "function") or name not in KERAS_FUNCTIONS | ACTIVATION_NAMES:
+                None, "function") or not _member(name, KERAS_FUNCTIONS | ACTIVATION_NAMES):
                 refuse(f"{where}: function-valued field naming {module!r}.{name!r} (registered_name={reg!r}); "
                        "only Keras' built-in losses, metrics and activations may be named.")
             continue
@@ -221,7 +226,7 @@ def _object(kind):
             if len(v) > 64 or not v.replace("_", "").isalnum():
                 refuse(f"{where} must name a Keras {kind}; received {v!r:.80}.")
             return v
-        if not isinstance(v, dict) or v.get("class_name") not in classes or v.get("module") not in (None, module):
+        if not isinstance(v, dict) or not _member(v.get("class_name"), classes) or v.get("module") not in (None, module):
             refuse(f"{where} must be a built-in Keras {kind} ({sorted(classes)}); received {v!r:.120}.")
         extra = set(v) - {"module", "class_name", "config", "registered_name", "shared_object_id"}
         cfg = v.get("config", {})
@@ -241,7 +246,7 @@ def _activation(keras_major: int):
                 v = v.get("config")
             else:
                 refuse(f"{where} is a function-valued field ({v!r:.120}); activations must be named by string.")
-        if v not in ACTIVATION_NAMES:
+        if not _member(v, ACTIVATION_NAMES):
             refuse(f"{where}: activation {v!r:.80} is not one of {sorted(ACTIVATION_NAMES)}.")
         if v == "hard_sigmoid" and keras_major < 3:
             return "hard_sigmoid_legacy"  # Keras <= 2: clip(0.2 x + 0.5); Keras 3: relu6(x + 3) / 6
@@ -257,7 +262,7 @@ def _batch_shape(v, where):
 def _input_dtype(v, where):
     names = {f"{k}{n}" for k, ns in (("float", (16, 32, 64)), ("int", (8, 16, 32, 64)), ("uint", (8, 16, 32, 64)))
              for n in ns}
-    if v is not None and v not in names | {"bool", "bfloat16"}:
+    if v is not None and not _member(v, names | {"bool", "bfloat16"}):
         refuse(f"{where} must name a numeric dtype; received {v!r:.80}.")
     return v
 
@@ -325,9 +330,9 @@ def _layer_config(entry, where: str, keras_major: int, allowed_modules=(None, "k
     if not isinstance(entry, dict):
         refuse(f"{where} must be a serialised layer object; received {type(entry).__name__}.")
     cls = entry.get("class_name")
-    if cls in _WHY_REFUSED:
+    if _member(cls, _WHY_REFUSED):
         refuse(f"{where}: class {cls!r} is refused: {_WHY_REFUSED[cls]}.")
-    if cls not in LAYER_CLASSES:
+    if not _member(cls, LAYER_CLASSES):
         refuse(f"{where}: layer class {cls!r:.80} is not in the allow-list {sorted(LAYER_CLASSES)}.")
     if entry.get("module") not in allowed_modules:
         refuse(f"{where}: layer {cls!r} from module {entry.get('module')!r:.80}; only Keras' own layers are read.")
@@ -355,7 +360,7 @@ def _layer_config(entry, where: str, keras_major: int, allowed_modules=(None, "k
 def _shape(value, where: str):
     """A shape without the batch axis from ``[null, T, F]`` (or Keras' ``__tuple__`` wrapper)."""
     if isinstance(value, dict) and value.get("class_name") == "__tuple__":
-        value = (value.get("config") or {}).get("value")
+        value = value["config"].get("value") if isinstance(value.get("config"), dict) else None
     if not isinstance(value, list) or not 1 <= len(value) <= 8:
         refuse(f"{where} must be a list [batch, ...] of at most 8 dimensions; received {value!r:.80}.")
     for d in value:
@@ -486,8 +491,8 @@ def model_specs(cfg, keras_major: int, limits: Limits, what: str) -> list[LayerS
     if not isinstance(cfg, dict):
         refuse(f"{what} must be a JSON object; received {type(cfg).__name__}.")
     cls = cfg.get("class_name")
-    if cls not in _MODEL_CLASSES:
-        why = _WHY_REFUSED.get(cls, "")
+    if not _member(cls, _MODEL_CLASSES):
+        why = _WHY_REFUSED.get(cls, "") if isinstance(cls, str) else ""
         refuse(f"{what}: the model class {cls!r:.80} is not Sequential or a functional Model"
                + (f" ({why})" if why else "") + ".")
     extra = set(cfg) - {"module", "class_name", "config", "registered_name", "build_config", "compile_config",
@@ -666,7 +671,8 @@ def _linear_chain(inner, what):
 
 def _is_mask_op(e) -> bool:
     """Keras 3's auto-generated mask computations in functional graphs (module omitted in legacy .h5)."""
-    return isinstance(e, dict) and e.get("class_name") in _MASK_OPS and e.get("module") in (None, "keras.src.ops.numpy")
+    return isinstance(e, dict) and _member(e.get("class_name"), _MASK_OPS) and e.get("module") in (
+        None, "keras.src.ops.numpy")
 
 
 def _mask_op(e, where):

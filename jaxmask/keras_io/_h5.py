@@ -144,7 +144,10 @@ def check_dataset(ds: h5py.Dataset, where: str, limits: Limits) -> tuple:
     if layout == h5py.h5d.VIRTUAL:
         refuse(f"HDF5 dataset {where!r} is a virtual dataset: its data would be read from other files.")
     if n_external:
-        names = [dcpl.get_external(i)[0] for i in range(min(n_external, 4))]
+        try:
+            names = [dcpl.get_external(i)[0] for i in range(min(n_external, 4))]
+        except H5_ERRORS:
+            names = ["(unreadable)"]
         refuse(
             f"HDF5 dataset {where!r} keeps its data in external file(s) {names}: reading it would read another "
             "file on this machine (CVE-2026-1669 class)."
