@@ -51,7 +51,8 @@ def lstm_scan(has_mask: bool, has_dropout: bool, unroll: int | bool, remat: bool
             x_t, m_t = inputs
             i, f, g, o = step_gates(W, b, x_t, h * r if has_dropout else h)
             c_new = f * c + i * g
-            h_new = o * jnp.tanh(c_new)
+            tc = jnp.tanh(c_new)
+            h_new = o * tc
             if has_mask:
                 keep = m_t[:, None]
                 h_new = jnp.where(keep, h_new, h)
@@ -61,7 +62,7 @@ def lstm_scan(has_mask: bool, has_dropout: bool, unroll: int | bool, remat: bool
             elif remat:
                 saved = c
             else:
-                saved = (jnp.concatenate([i, f, g, o], axis=-1), c)
+                saved = (jnp.concatenate([i, f, g, o], axis=-1), c, tc)
             return (h_new, c_new), (h_new, saved)
 
         (h_t, c_t), (hs, saved) = lax.scan(body, (h0, c0), (x, mask if has_mask else None), unroll=unroll)
@@ -92,10 +93,10 @@ def lstm_scan(has_mask: bool, has_dropout: bool, unroll: int | bool, remat: bool
             if remat:
                 x_t, hp_t, c_prev = step_inputs
                 i, f, g, o = step_gates(W, b, x_t, hp_t)
+                tc = jnp.tanh(f * c_prev + i * g)
             else:
-                gates, c_prev = step_inputs
+                gates, c_prev, tc = step_inputs
                 i, f, g, o = jnp.split(gates, 4, axis=-1)
-            tc = jnp.tanh(f * c_prev + i * g)
             dcn = dc + dh * o * (1.0 - tc * tc)
             dz = jnp.concatenate(
                 [dcn * g * i * (1.0 - i), dcn * c_prev * f * (1.0 - f), dcn * i * (1.0 - g * g), dh * tc * o * (1.0 - o)],
