@@ -36,8 +36,28 @@ def parse_args(argv):
     p.add_argument("--list", action="store_true", help="list the selected cases and their references, then exit")
     p.add_argument("--perturb", type=float, default=0.0, metavar="X",
                    help="self-test: add X to every jaxmask weight after conversion; every case must then fail")
+    p.add_argument("--cache-dir", metavar="DIR", default=default_cache_dir(),
+                   help="JAX persistent compilation cache for jaxmask's compiled checks; reruns take seconds "
+                        "(default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
     p.add_argument("--child", metavar="FILE", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxmask", "parity-xla")
+
+
+def _enable_compilation_cache(directory: str) -> None:
+    """Cache jaxmask's compiled executables on disk: the catalogue compiles ~100 small programs, which is most
+    of a cold run; a rerun loads them instead. The cached executable is the one XLA built, so numbers do not
+    change."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _usage_error(message: str) -> int:
@@ -90,6 +110,8 @@ def main(argv=None) -> int:
     except KerasNotInstalled as e:
         return _usage_error(str(e))
 
+    if not args.no_cache:
+        _enable_compilation_cache(args.cache_dir)
     if args.plot:
         os.makedirs(args.plot, exist_ok=True)
     started = time.perf_counter()
@@ -107,7 +129,8 @@ def main(argv=None) -> int:
             if not quiet:
                 print(f"... {ref}: {len(cases)} cases in one subprocess (KERAS_BACKEND="
                       f"{runner.REFERENCE_BACKEND[ref]})", flush=True)
-            done = runner.run_in_subprocess(cases, ref, perturb=args.perturb, plot_dir=args.plot)
+            done = runner.run_in_subprocess(cases, ref, perturb=args.perturb, plot_dir=args.plot,
+                                            cache_dir=None if args.no_cache else args.cache_dir)
             if not quiet:
                 for r in done:
                     print(rp.row(r), flush=True)

@@ -45,7 +45,6 @@ class LossSpec:
     kwargs: tuple = ()
     reduction: str = "sum_over_batch_size"
     semantics: str = "keras3"
-    class_weight: tuple | None = None
 
     @property
     def kw(self) -> dict:
@@ -137,7 +136,6 @@ def jax_loss(spec: LossSpec, y_true, y_pred, mask, sample_weight, logits=None):
         y_pred,
         mask=mask,
         sample_weight=sample_weight,
-        class_weight=None if spec.class_weight is None else dict(spec.class_weight),
         reduction=spec.reduction,
         semantics=spec.semantics,
         y_pred_logits=logits,

@@ -150,7 +150,8 @@ def run_reference(cases, reference: str, *, perturb: float = 0.0, progress=None)
     return reports
 
 
-def run_in_subprocess(cases, reference: str, *, perturb: float = 0.0, plot_dir: str | None = None) -> list[Report]:
+def run_in_subprocess(cases, reference: str, *, perturb: float = 0.0, plot_dir: str | None = None,
+                      cache_dir: str | None = None) -> list[Report]:
     """Run ``cases`` against ``reference`` in one child process with the right ``KERAS_BACKEND``."""
     env = dict(os.environ, KERAS_BACKEND=REFERENCE_BACKEND[reference])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +166,7 @@ def run_in_subprocess(cases, reference: str, *, perturb: float = 0.0, plot_dir: 
             cmd += ["--perturb", repr(perturb)]
         if plot_dir:
             cmd += ["--plot", plot_dir]
+        cmd += ["--cache-dir", cache_dir] if cache_dir else ["--no-cache"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if not os.path.exists(out):
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]

@@ -28,7 +28,7 @@ def test_usage_errors_exit_2(capsys):
 @pytest.mark.keras
 def test_passing_case_exits_0_with_json_and_plots(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["-k", "lstm/mixed/mse", "--json", str(out), "--plot", str(tmp_path)])
+    code = main(["--no-cache", "-k", "lstm/mixed/mse", "--json", str(out), "--plot", str(tmp_path)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "lstm/mixed/mse" in text and "parity OK: 1 checks" in text
@@ -42,7 +42,7 @@ def test_passing_case_exits_0_with_json_and_plots(tmp_path, capsys):
 
 @pytest.mark.keras
 def test_perturbed_case_is_a_mismatch_and_exits_1(capsys):
-    code = main(["-k", "gru/mixed/mse", "--perturb", "1e-3"])
+    code = main(["--no-cache", "-k", "gru/mixed/mse", "--perturb", "1e-3"])
     text = capsys.readouterr().out
     assert code == 1
     assert "mismatch" in text and "parity FAILED" in text
@@ -50,7 +50,7 @@ def test_perturbed_case_is_a_mismatch_and_exits_1(capsys):
 
 @pytest.mark.keras
 def test_documented_deviation_is_not_a_failure(capsys):
-    assert main(["-k", "loss/mse/gap/full_row"]) == 0
+    assert main(["--no-cache", "-k", "loss/mse/gap/full_row"]) == 0
     text = capsys.readouterr().out
     assert "deviation: keras-gap-nan-fully-masked-row" in text and "upstream:" in text
 
