@@ -79,11 +79,11 @@ def _read_keras3(f: h5py.File, specs, limits: Limits, what: str) -> list[list[np
     return arrays
 
 
-def _read_legacy(group: h5py.Group, specs, limits: Limits, what: str) -> list[list[np.ndarray]]:
+def _read_legacy(group: h5py.Group, specs, limits: Limits, what: str, image: bytes) -> list[list[np.ndarray]]:
     """Weights in legacy (tf_keras / Keras 2, Keras 3 ``legacy_h5_format``) layout: ``layer_names`` lists the
     layers, each layer group's ``weight_names`` lists its weights in Keras order; layers are matched by order,
     as Keras' ``load_weights_from_hdf5_group`` does."""
-    names = _h5.read_str_list_attr(group, "layer_names", group.name, limits)
+    names = _h5.read_str_list_attr(group, "layer_names", group.name, limits, image)
     if names is None:
         refuse(f"{what}: the group {group.name!r} has no 'layer_names' attribute: not a legacy Keras weights file.")
     in_file = []
@@ -91,7 +91,7 @@ def _read_legacy(group: h5py.Group, specs, limits: Limits, what: str) -> list[li
         g = _h5.resolve(group, name, group.name)
         if not isinstance(g, h5py.Group):
             refuse(f"{what}: layer {name!r:.80} is listed in layer_names but has no group.")
-        weight_names = _h5.read_str_list_attr(g, "weight_names", g.name, limits)
+        weight_names = _h5.read_str_list_attr(g, "weight_names", g.name, limits, image)
         if weight_names is None:
             refuse(f"{what}: layer group {g.name!r} has no 'weight_names' attribute.")
         if weight_names:
@@ -112,13 +112,13 @@ def _read_legacy(group: h5py.Group, specs, limits: Limits, what: str) -> list[li
     return arrays
 
 
-def _read_weights(f: h5py.File, specs, limits: Limits, what: str) -> list[list[np.ndarray]]:
+def _read_weights(f: h5py.File, specs, limits: Limits, what: str, image: bytes) -> list[list[np.ndarray]]:
     """Weights from any Keras weights layout, chosen by the file's contents."""
     if "layer_names" in f.attrs:
-        return _read_legacy(f, specs, limits, what)
+        return _read_legacy(f, specs, limits, what, image)
     model_weights = _h5.resolve(f, "model_weights")
     if isinstance(model_weights, h5py.Group):
-        return _read_legacy(model_weights, specs, limits, what)
+        return _read_legacy(model_weights, specs, limits, what, image)
     return _read_keras3(f, specs, limits, what)
 
 
@@ -151,11 +151,11 @@ def _model_from_bytes(data: bytes, origin: str, limits: Limits) -> nn.Sequential
             arrays = _read_keras3(f, specs, limits, what)
     else:
         with _opened(data, origin, limits) as f:
-            text = _h5.read_str_attr(f, "model_config", "/", limits)
+            text = _h5.read_str_attr(f, "model_config", "/", limits, data)
             if text is None:
                 refuse(f"{origin} has no 'model_config' attribute: it holds weights only (use load_weights).")
-            major = _major(_h5.read_str_attr(f, "keras_version", "/", limits), 2, origin)
-            training = _h5.read_str_attr(f, "training_config", "/", limits)
+            major = _major(_h5.read_str_attr(f, "keras_version", "/", limits, data), 2, origin)
+            training = _h5.read_str_attr(f, "training_config", "/", limits, data)
             if training is not None:
                 _config.scan_objects(
                     _config.parse_json(training, "training_config", limits, limits.max_config_bytes), "training_config"
@@ -165,7 +165,7 @@ def _model_from_bytes(data: bytes, origin: str, limits: Limits) -> nn.Sequential
             model_weights = _h5.resolve(f, "model_weights")
             if not isinstance(model_weights, h5py.Group):
                 refuse(f"{origin} has a model_config but no 'model_weights' group.")
-            arrays = _read_legacy(model_weights, specs, limits, origin)
+            arrays = _read_legacy(model_weights, specs, limits, origin, data)
     model = _materialize(specs, arrays)
     model.eval()
     return model
@@ -239,7 +239,7 @@ def _weights_from_bytes(model, data: bytes, origin: str, limits: Limits) -> None
         data = _archive.read_keras_archive(data, limits)[_archive.WEIGHTS_MEMBER]
         origin = f"{origin}:{_archive.WEIGHTS_MEMBER}"
     with _opened(data, origin, limits) as f:
-        arrays = _read_weights(f, specs, limits, origin)
+        arrays = _read_weights(f, specs, limits, origin, data)
     _assign(model, specs, arrays)
 
 

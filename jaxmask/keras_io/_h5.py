@@ -41,20 +41,25 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _GLOBAL_HEAP = b"GCOL\x01"  # signature + version 1: what HDF5 accepts as a global heap collection
 
 
-def _size_of_lengths(data: bytes, what: str) -> int:
-    """The superblock's "size of lengths" (bytes per length field; 8 in practice)."""
-    offset = 0
-    while offset + 16 <= len(data) and data[offset : offset + 8] != _HDF5_MAGIC:
-        offset = 512 if offset == 0 else offset * 2
-    if offset + 16 > len(data):
-        refuse(f"{what} has no HDF5 superblock.")
-    version = data[offset + 8]
+def _superblock(data: bytes, what: str) -> tuple[int, int]:
+    """(size of offsets, size of lengths) from the superblock, which must sit at byte 0 with base address 0
+    (Keras never writes HDF5 user blocks)."""
+    if len(data) < 40 or data[:8] != _HDF5_MAGIC:
+        refuse(f"{what}: the HDF5 superblock is not at byte 0 (user blocks are not supported).")
+    version = data[8]
     if version not in (0, 1, 2, 3):
         refuse(f"{what} has an unknown HDF5 superblock version {version}.")
-    size = data[offset + 14] if version < 2 else data[offset + 10]
-    if size not in (2, 4, 8):
-        refuse(f"{what} declares {size}-byte lengths in its HDF5 superblock.")
-    return size
+    offsets, lengths = (data[13], data[14]) if version < 2 else (data[9], data[10])
+    if offsets not in (2, 4, 8) or lengths not in (2, 4, 8):
+        refuse(f"{what} declares {offsets}-byte offsets and {lengths}-byte lengths in its HDF5 superblock.")
+    base_at = {0: 24, 1: 28}.get(version, 12)
+    if int.from_bytes(data[base_at : base_at + offsets], "little") != 0:
+        refuse(f"{what}: the HDF5 base address is not 0 (user blocks are not supported).")
+    return offsets, lengths
+
+
+def _size_of_lengths(data: bytes, what: str) -> int:
+    return _superblock(data, what)[1]
 
 
 def check_global_heaps(data: bytes, what: str) -> None:
@@ -85,6 +90,134 @@ def check_global_heaps(data: bytes, what: str) -> None:
                        "read past it).")
             p += need
         pos = data.find(_GLOBAL_HEAP, pos + 1)
+
+
+class _Reader:
+    """Bounds-checked little-endian reads from the file image; any overrun is a refusal."""
+
+    def __init__(self, data: bytes, what: str):
+        self.data, self.what = data, what
+
+    def uint(self, at: int, width: int) -> int:
+        if at < 0 or at + width > len(self.data):
+            refuse(f"{self.what}: an HDF5 object header points past the end of the file (byte {at}).")
+        return int.from_bytes(self.data[at : at + width], "little")
+
+
+_MSG_ATTRIBUTE, _MSG_CONTINUATION, _MSG_ATTRIBUTE_INFO = 0x000C, 0x0010, 0x0015
+_CLASS_VLEN, _CLASS_COMPOUND, _CLASS_ARRAY = 9, 6, 10
+_MAX_HEADER_CHUNKS, _MAX_MESSAGES = 256, 10_000
+
+
+def _header_messages(r: _Reader, addr: int, offsets: int, lengths: int):
+    """(type, data offset, size, flags) of every message in the object header at ``addr`` (versions 1 and 2),
+    following continuation messages; bounded in chunks and messages."""
+    if r.uint(addr, 4) == int.from_bytes(b"OHDR", "little"):
+        flags = r.uint(addr + 5, 1)
+        p = addr + 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        width = 1 << (flags & 0x03)
+        chunks = [(p + width, p + width + r.uint(p, width), 2)]
+        order = 2 if flags & 0x04 else 0
+    elif r.uint(addr, 1) == 1:
+        chunks = [(addr + 16, addr + 16 + r.uint(addr + 8, 4), 1)]
+        order = 0
+    else:
+        refuse(f"{r.what}: unknown HDF5 object header version at byte {addr}.")
+    count = 0
+    while chunks:
+        start, end, version = chunks.pop()
+        p = start
+        head = 4 + order if version == 2 else 8
+        while p + head <= end:
+            if version == 2:
+                kind, msize, mflags = r.uint(p, 1), r.uint(p + 1, 2), r.uint(p + 3, 1)
+            else:
+                kind, msize, mflags = r.uint(p, 2), r.uint(p + 2, 2), r.uint(p + 4, 1)
+            body = p + head
+            if body + msize > end:
+                refuse(f"{r.what}: an HDF5 header message at byte {p} overruns its chunk.")
+            count += 1
+            if count > _MAX_MESSAGES:
+                refuse(f"{r.what}: an HDF5 object header has more than {_MAX_MESSAGES} messages.")
+            if kind == _MSG_CONTINUATION:
+                target, length = r.uint(body, offsets), r.uint(body + offsets, lengths)
+                if version == 2:  # "OCHK", messages, checksum
+                    if r.data[target : target + 4] != b"OCHK":
+                        refuse(f"{r.what}: an HDF5 continuation chunk at byte {target} lacks its signature.")
+                    chunks.append((target + 4, target + length - 4, 2))
+                else:
+                    chunks.append((target, target + length, 1))
+                if len(chunks) > _MAX_HEADER_CHUNKS:
+                    refuse(f"{r.what}: an HDF5 object header has more than {_MAX_HEADER_CHUNKS} chunks.")
+            yield kind, body, msize, mflags
+            p = body + msize
+
+
+def _attribute_vlen_lengths(r: _Reader, body: int, size: int, offsets: int, lengths: int):
+    """(name, element lengths or None when not variable-length) of one attribute message, or a refusal for
+    types that could hide variable-length data (compound, array, shared datatypes)."""
+    version, flags = r.uint(body, 1), r.uint(body + 1, 1)
+    name_size, type_size, space_size = r.uint(body + 2, 2), r.uint(body + 4, 2), r.uint(body + 6, 2)
+    pad = (lambda n: -(-n // 8) * 8) if version == 1 else (lambda n: n)
+    p = body + 8 + (1 if version == 3 else 0)
+    name = r.data[p : p + max(name_size - 1, 0)].decode("utf-8", "replace")
+    p += pad(name_size)
+    if flags & 0x03:
+        return name, "shared"
+    type_class = r.uint(p, 1) & 0x0F
+    p += pad(type_size)
+    space_version, ndims = r.uint(p, 1), r.uint(p + 1, 1)
+    if space_version == 1:
+        dims_at = p + 8
+    else:
+        dims_at = p + 4
+        if r.uint(p + 3, 1) == 2:  # null dataspace: no elements
+            ndims, dims_at = -1, p + 4
+    count = 0 if ndims < 0 else math.prod(r.uint(dims_at + i * lengths, lengths) for i in range(ndims))
+    p += pad(space_size)
+    if type_class in (_CLASS_COMPOUND, _CLASS_ARRAY):
+        return name, "nested"
+    if type_class != _CLASS_VLEN:
+        return name, None
+    element = 4 + offsets + 4
+    if p + count * element > body + size:
+        refuse(f"{r.what}: attribute {name!r} declares {count} variable-length elements that its message "
+               "cannot hold.")
+    return name, [r.uint(p + i * element, 4) for i in range(count)]
+
+
+def check_attributes(obj, names, data: bytes, what: str, limits: Limits) -> None:
+    """Before HDF5 reads attributes ``names`` of ``obj``: parse ``obj``'s object header from the raw bytes and
+    refuse a variable-length element longer than ``limits.max_config_bytes``.
+
+    libhdf5 allocates (and zeroes) a buffer of the length a variable-length descriptor declares *before*
+    reading the data: a 4-byte edit of a 14 KB legacy file made it allocate 2.5 GB and spin for 13 s
+    (found by fuzz/fuzz_keras_io.py). Attributes kept in dense storage, or with shared or nested types, are
+    refused.
+    """
+    offsets, lengths = _superblock(data, what)
+    try:
+        addr = h5py.h5o.get_info(obj.id).addr
+    except H5_ERRORS as e:
+        refuse(f"{what}: the object header of {obj.name!r} cannot be located: {type(e).__name__}: {e}")
+    r = _Reader(data, what)
+    wanted = set(names)
+    for kind, body, size, _ in _header_messages(r, addr, offsets, lengths):
+        if kind == _MSG_ATTRIBUTE_INFO:
+            heap = r.uint(body + 2 + (2 if r.uint(body + 1, 1) & 0x01 else 0), offsets)
+            if heap != (1 << (8 * offsets)) - 1:
+                refuse(f"{what}: {obj.name!r} keeps its attributes in dense storage, which is not supported.")
+        if kind != _MSG_ATTRIBUTE:
+            continue
+        name, found = _attribute_vlen_lengths(r, body, size, offsets, lengths)
+        if name not in wanted:
+            continue
+        if found in ("shared", "nested"):
+            refuse(f"{what}: attribute {name!r} of {obj.name!r} has a {found} datatype; expected text.")
+        if found and (max(found) > limits.max_config_bytes or sum(found) > limits.max_config_bytes):
+            refuse(f"{what}: attribute {name!r} of {obj.name!r} declares variable-length text of "
+                   f"{human_bytes(max(sum(found), max(found)))}, over the limit of "
+                   f"{human_bytes(limits.max_config_bytes)}.")
 
 
 def open_image(data: bytes, what: str) -> h5py.File:
@@ -269,8 +402,8 @@ def read_weight(ds, where: str, expected_shape: tuple, limits: Limits) -> np.nda
     if ds.id.get_type().get_class() != h5py.h5t.FLOAT:
         refuse(f"weight {where!r} has an integer type; Keras weights are floating point.")
     if "dtype" in ds.attrs:
-        refuse(f"weight {where!r} carries a 'dtype' attribute ({read_str_attr(ds, 'dtype', where, limits)!r}); "
-               "only float16/32/64 weights are supported.")
+        refuse(f"weight {where!r} carries a 'dtype' attribute (Keras marks bfloat16 weights so); only "
+               "float16/32/64 weights are supported.")
     out = np.empty(expected_shape, np.float32)
     if out.size:
         try:
@@ -318,11 +451,13 @@ def _read_attr(obj, name: str, where: str):
         refuse(f"attribute {name!r} of {where!r} cannot be read: {type(e).__name__}: {e}")
 
 
-def read_str_attr(obj, name: str, where: str, limits: Limits) -> str | None:
-    """A scalar text attribute (``model_config``, ``keras_version``), or ``None`` when absent."""
+def read_str_attr(obj, name: str, where: str, limits: Limits, image: bytes) -> str | None:
+    """A scalar text attribute (``model_config``, ``keras_version``), or ``None`` when absent. ``image`` is the
+    file's bytes, for ``check_attributes``."""
     found = _attr_id(obj, name, where, limits)
     if found is None:
         return None
+    check_attributes(obj, [name], image, where, limits)
     _, shape, type_class = found
     if type_class != h5py.h5t.STRING or shape not in ((), (1,)):
         refuse(f"attribute {name!r} of {where!r} should be one string; it is {shape} of type class {type_class}.")
@@ -332,12 +467,13 @@ def read_str_attr(obj, name: str, where: str, limits: Limits) -> str | None:
     return _decode(value, name, where)
 
 
-def read_str_list_attr(obj, name: str, where: str, limits: Limits) -> list[str] | None:
+def read_str_list_attr(obj, name: str, where: str, limits: Limits, image: bytes) -> list[str] | None:
     """A 1-D list of strings (``layer_names``, ``weight_names``; Keras writes an empty list as float64 []),
-    or ``None`` when absent."""
+    or ``None`` when absent. ``image`` is the file's bytes, for ``check_attributes``."""
     found = _attr_id(obj, name, where, limits)
     if found is None:
         return None
+    check_attributes(obj, [name], image, where, limits)
     _, shape, type_class = found
     if len(shape) != 1 or (type_class != h5py.h5t.STRING and shape != (0,)):
         refuse(f"attribute {name!r} of {where!r} should be a list of strings; it is {shape} of type class "

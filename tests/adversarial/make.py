@@ -252,6 +252,20 @@ def _global_heap_loop() -> bytes:
     raise AssertionError("the legacy file has no free space in its global heap")
 
 
+def _vlen_length_bomb() -> bytes:
+    """The benign legacy .h5 with the variable-length descriptor of its keras_version attribute (length 6,
+    global heap object 1) claiming 4 GiB - 16 bytes: unguarded, libhdf5 allocates and zeroes that much before
+    it finds the heap object is 6 bytes long."""
+    data = bytearray(legacy_h5())
+    heap = data.find(b"GCOL\x01")
+    descriptor = (6).to_bytes(4, "little") + heap.to_bytes(8, "little") + (1).to_bytes(4, "little")
+    at = data.find(descriptor)
+    if at < 0 or data.find(descriptor, at + 1) >= 0:
+        raise AssertionError("keras_version's descriptor is not unique in the legacy file")
+    data[at : at + 4] = (2**32 - 16).to_bytes(4, "little")
+    return bytes(data)
+
+
 def _many_members(n=10_000) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -360,6 +374,9 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
     add(A("legacy_global_heap_loop.h5", "model", "global heap collection", "legacy .h5 whose global heap has a "
           "zero-size free-space object (libhdf5 1.14.6 loops forever reading model_config)",
           "found by fuzz/fuzz_keras_io.py; HDF5 parser DoS", hangs_unguarded=True), _global_heap_loop)
+    add(A("legacy_vlen_length_bomb.h5", "model", "variable-length text of 4 GiB", "legacy .h5 whose keras_version "
+          "descriptor claims 4 GiB (libhdf5 allocates and zeroes it before reading)",
+          "found by fuzz/fuzz_keras_io.py; HDF5 allocation DoS", hangs_unguarded=True), _vlen_length_bomb)
     add(A("legacy_lambda.h5", "model", "Lambda", "legacy .h5 whose model_config holds a Lambda with bytecode",
           "CVE-2024-3660, CVE-2025-9905"),
         lambda: legacy_h5(legacy_layers()[:2] + [{"class_name": "Lambda", "config": {
