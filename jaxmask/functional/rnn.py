@@ -90,9 +90,10 @@ def get_activation(name: str | None, argument: str = "activation") -> Callable[[
 
 
 # --------------------------------------------------------------------------------------------------
-# Cells. A cell is split into a time-parallel input projection and a per-step recurrence so that the
-# input matmul runs once over all steps. `project(params, x[T, B, F]) -> [T, B, G]`;
-# `step(params, carry, xp_t[B, G], h_dropout[B, H] | None) -> (carry, output[B, H])`.
+# Cells. A cell is an input projection `project(params, x_t[B, F]) -> [B, G]` and a recurrence
+# `step(params, carry, xp_t[B, G], h_dropout[B, H] | None) -> (carry, output[B, H])`. The projection runs
+# inside the loop: hoisting it out as one [T·B, F] x [F, G] matmul was 1.6x slower per GRU train step on
+# XLA:CPU (small F makes that matmul slow, and its [T, B, G] result must be stored; benchmarks A/B).
 # --------------------------------------------------------------------------------------------------
 
 
@@ -114,11 +115,10 @@ def _bias(params, index=None):
 
 
 def _project(params, x, index=None):
-    """x @ kernel (+ input bias): [T, B, F] -> [T, B, G], as one flat matmul (its gradient is one too)."""
-    t, b, f = x.shape
-    z = (x.reshape(t * b, f) @ params["kernel"]).reshape(t, b, -1)
+    """One step's input projection x @ kernel (+ input bias): [B, F] -> [B, G]."""
+    z = x @ params["kernel"]
     bias = _bias(params, index)
-    return z if bias is None else z + bias[None, None, :]
+    return z if bias is None else z + bias[None, :]
 
 
 def _recurrent_input(h, h_dropout):
@@ -271,14 +271,14 @@ def masked_scan(
     else:
 
         def body(carry, inputs):
-            xp_t, m_t = inputs
-            new_carry, _ = cell.step(params, carry, xp_t, recurrent_dropout)
+            x_t, m_t = inputs
+            new_carry, _ = cell.step(params, carry, cell.project(params, x_t), recurrent_dropout)
             if m_t is not None:
                 keep = m_t[:, None]
                 new_carry = tuple(jnp.where(keep, n, o) for n, o in zip(new_carry, carry))
             return new_carry, new_carry[0]
 
-        final, hs = lax.scan(body, carry0, (cell.project(params, x), mask_t), unroll=unroll)
+        final, hs = lax.scan(body, carry0, (x, mask_t), unroll=unroll)
 
     if mask_t is not None:
         if zero_output_for_mask:
