@@ -142,6 +142,8 @@ def _edited(layer_index, **changes):
     (_edited(2, units=True), r"units must be an integer"),
     (_edited(2, units=2**30), r"units must be an integer in \[1, 16777216\]"),
     (_edited(2, activation="leaky_relu"), r"activation 'leaky_relu' is not one of"),
+    (_edited(2, activation=["tanh"]), r"activation \['tanh'\] is not one of"),  # unhashable: fuzzer-found
+    (_edited(0, dtype=["float32"]), r"must name a numeric dtype"),
     (_edited(2, stateful=True), r"stateful must be one of \[False\]"),
     (_edited(2, return_state=True), r"return_state must be one of \[False\]"),
     (_edited(2, dropout=1.5), r"dropout must be a number in \[0, 1\)"),
