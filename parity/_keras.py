@@ -122,11 +122,6 @@ def flavor_of(obj) -> str:
     raise TypeError(f"expected a Keras 3 or tf_keras model or layer; received {type(obj).__module__}.{type(obj).__name__}.")
 
 
-def module_of(obj):
-    """The Keras module (``keras`` or ``tf_keras``) that ``obj`` belongs to."""
-    return keras_module(flavor_of(obj))
-
-
 def backend_of(obj) -> str:
     """``"tensorflow"`` or ``"jax"``: the backend a Keras model or layer computes with (tf_keras: tensorflow)."""
     if flavor_of(obj) == "tf_keras":

@@ -32,9 +32,13 @@ PATTERNS = {
     "none": [[1] * 6] * 4,
     # B == T == 5: a [B] weight vector can silently broadcast along time
     "square": [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 1, 0, 1], [0, 0, 0, 0, 0]],
+    # T == 1
+    "single_step": [[1], [0], [1], [0]],
+    # T == 40: rounding accumulates over many steps; post, pre, holes and a short row
+    "long": [[1] * 40, [1] * 31 + [0] * 9, [0] * 12 + [1] * 28, [1, 1, 0] * 13 + [1]],
 }
 """Mask patterns: post-/pre-padding, holes mid-sequence, a fully masked row, all four mixed in one batch,
-a fully masked batch, no mask (the model has no masking layer), and B == T."""
+a fully masked batch, no mask (the model has no masking layer), B == T, a single step, 40 steps."""
 
 
 def L(kind: str, **kwargs) -> tuple:
@@ -62,6 +66,7 @@ class Case:
     kind: str = "model"
     initial_state: bool = False
     functional: bool = False
+    mask_value: float = 0.0  # what the Masking layer looks for (written into the padded steps)
     only: tuple = REFERENCES  # references the case applies to
     tags: tuple = ()
 
@@ -96,7 +101,7 @@ class Case:
         """The model's layers, with the Masking layer the pattern calls for."""
         if self.kind == "layer" or self.uses_embedding or self.pattern == "none":
             return self.arch
-        return (L("masking"),) + self.arch
+        return (L("masking", mask_value=self.mask_value),) + self.arch
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -111,7 +116,7 @@ def make_data(case: Case) -> dict:
         x = np.where(mask, rng.integers(1, VOCAB, (b, t)), 0).astype(np.int32)
     else:
         x = rng.normal(size=(b, t, F)).astype(np.float32)
-        x = np.where(mask[:, :, None], x, 0.0).astype(np.float32)
+        x = np.where(mask[:, :, None], x, case.mask_value).astype(np.float32)
     data = {"x": x, "mask": mask}
     if case.kind == "layer":
         if case.initial_state:
@@ -174,8 +179,8 @@ def make_targets(loss: str, kwargs: dict, shape: tuple, rng) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- heads
 
 
-def head(loss: str | None, loss_kwargs: dict | None = None, seq: bool = True) -> tuple:
-    """The output layer that suits ``loss`` (per step when ``seq``)."""
+def head(loss: str | None, loss_kwargs: dict | None = None) -> tuple:
+    """The output layer that suits ``loss``."""
     kw = loss_kwargs or {}
     if loss in ("binary_crossentropy", "binary_focal_crossentropy"):
         spec = L("dense", units=1, activation="linear" if kw.get("from_logits") else "sigmoid")
@@ -220,6 +225,8 @@ def _catalogue() -> list[Case]:
             tags += ("plot",) if (rname, pattern) in (("lstm", "mixed"), ("gru", "holes")) else ()
             add(Case(f"{rname}/{pattern}/mse", (spec, mse_head), pattern, "mse", tags=tags))
         add(Case(f"{rname}/square/mse", (spec, mse_head), "square", "mse"))
+        add(Case(f"{rname}/single_step/mse", (spec, mse_head), "single_step", "mse"))
+        add(Case(f"{rname}/long/mse", (spec, mse_head), "long", "mse"))
         add(Case(f"{rname}/embedding_mask_zero/mse",
                  (L("embedding", input_dim=VOCAB, output_dim=F, mask_zero=True), spec, mse_head), "mixed", "mse",
                  tags=("quick",) if rname == "gru" else ()))
@@ -237,6 +244,9 @@ def _catalogue() -> list[Case]:
                                                                 zero_output_for_mask=True), mse_head), "post", "mse"))
         add(Case(f"{rname}/stacked", (rnn(kind), rnn(kind, units=3), mse_head), "mixed", "mse"))
         add(Case(f"{rname}/no_bias", (rnn(kind, use_bias=False), mse_head), "holes", "mse"))
+    add(Case("lstm/mask_value=-1", (rnn("lstm"), mse_head), "mixed", "mse", mask_value=-1.0))
+    add(Case("gru/mask_value=0.5/go_backwards", (rnn("gru", go_backwards=True), mse_head), "holes", "mse",
+             mask_value=0.5))
     add(Case("lstm/relu+hard_sigmoid", (rnn("lstm", activation="relu", recurrent_activation="hard_sigmoid"),
                                         mse_head), "mixed", "mse"))
     add(Case("gru/hard_sigmoid", (rnn("gru", recurrent_activation="hard_sigmoid"), mse_head), "mixed", "mse"))

@@ -20,8 +20,8 @@ from parity.convert import convert
 from parity.deviations import DEVIATIONS, Deviation
 from parity.tolerances import TOLERANCES, max_abs_diff
 
-PASS, DEVIATION, MISMATCH, ERROR, SKIP = "pass", "deviation", "mismatch", "error", "skip"
-OK_STATUSES = (PASS, DEVIATION, SKIP)
+PASS, DEVIATION, MISMATCH, ERROR = "pass", "deviation", "mismatch", "error"
+OK_STATUSES = (PASS, DEVIATION)
 
 
 @dataclasses.dataclass
@@ -166,7 +166,7 @@ def compare_trajectories(report: Report, keras_traj, jax_traj) -> None:
 
 
 def finish(report: Report, started: float) -> Report:
-    if report.status not in (ERROR, SKIP):
+    if report.status != ERROR:
         if report.failures:
             report.status = MISMATCH
         elif report.deviation is not None:

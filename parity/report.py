@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from parity._keras import versions
-from parity.compare import DEVIATION, ERROR, MISMATCH, PASS, SKIP, Report
+from parity.compare import DEVIATION, ERROR, MISMATCH, PASS, Report
 from parity.deviations import DEVIATIONS
 from parity.tolerances import TOLERANCES
 
@@ -56,8 +56,7 @@ def summary_line(reports, seconds: float) -> str:
     per_ref = ", ".join(f"{k} {v}" for k, v in refs.items())
     verdict = "OK" if c[MISMATCH] + c[ERROR] == 0 else "FAILED"
     return (f"parity {verdict}: {len(reports)} checks ({per_ref}): {c[PASS]} pass, {c[DEVIATION]} documented "
-            f"deviation, {c[MISMATCH]} mismatch, {c[ERROR]} error" + (f", {c[SKIP]} skipped" if c[SKIP] else "")
-            + f" in {seconds:.1f} s")
+            f"deviation, {c[MISMATCH]} mismatch, {c[ERROR]} error in {seconds:.1f} s")
 
 
 def details(reports) -> str:

@@ -41,7 +41,7 @@ def make_layer(K, spec):
     kind, kw = spec[0], dict(spec[1])
     layers = K.layers
     if kind == "masking":
-        return layers.Masking(0.0)
+        return layers.Masking(kw.get("mask_value", 0.0))
     if kind == "embedding":
         return layers.Embedding(kw["input_dim"], kw["output_dim"], mask_zero=kw.get("mask_zero", False))
     if kind in ("lstm", "gru", "simple_rnn"):
