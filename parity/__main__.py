@@ -119,27 +119,36 @@ def main(argv=None) -> int:
     quiet = bool(args.child)
     if not quiet:
         print(rp.header(), flush=True)
-    for ref, cases in runnable:
-        if not cases:
-            continue
-        if runner.in_process(ref):
+    children = []
+    for ref, cases in runnable:  # references that need their own process start first and run alongside
+        if cases and not runner.in_process(ref):
+            if not quiet:
+                print(f"... {ref}: {len(cases)} cases running in one subprocess (KERAS_BACKEND="
+                      f"{runner.REFERENCE_BACKEND[ref]}); its rows follow the in-process ones", flush=True)
+            children.append(runner.SubprocessRun(cases, ref, perturb=args.perturb, plot_dir=args.plot,
+                                                 cache_dir=None if args.no_cache else args.cache_dir))
+    try:
+        for ref, cases in runnable:
+            if not cases or not runner.in_process(ref):
+                continue
             done = runner.run_reference(cases, ref, perturb=args.perturb,
                                         progress=None if quiet else lambda r: print(rp.row(r), flush=True))
-        else:
-            if not quiet:
-                print(f"... {ref}: {len(cases)} cases in one subprocess (KERAS_BACKEND="
-                      f"{runner.REFERENCE_BACKEND[ref]})", flush=True)
-            done = runner.run_in_subprocess(cases, ref, perturb=args.perturb, plot_dir=args.plot,
-                                            cache_dir=None if args.no_cache else args.cache_dir)
-            if not quiet:
+            reports += done
+            if args.plot:
                 for r in done:
-                    print(rp.row(r), flush=True)
-        reports += done
-        if args.plot and runner.in_process(ref):
+                    if "plot" in r.tags:
+                        rp.plot_outputs(r, args.plot)
+                rp.plot_trajectories(done, args.plot, ref)
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    for child in children:
+        done = child.reports()
+        if not quiet:
             for r in done:
-                if "plot" in r.tags:
-                    rp.plot_outputs(r, args.plot)
-            rp.plot_trajectories(done, args.plot, ref)
+                print(rp.row(r), flush=True)
+        reports += done
     seconds = time.perf_counter() - started
     if args.json:
         rp.write_json(args.json, reports, seconds)

@@ -129,7 +129,8 @@ def run_case(case: catalogue.Case, reference: str, *, perturb: float = 0.0) -> R
     except Exception as e:  # noqa: BLE001 - reported, never swallowed silently
         report = Report(case=case.name, reference=reference, status=ERROR, tags=case.tags)
         report.failures.append(f"{type(e).__name__}: {e}")
-        report.notes.append(traceback.format_exc(limit=-3).strip().splitlines()[-1])
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        report.notes.append(f"raised at {frame.filename}:{frame.lineno} in {frame.name}")
         report.seconds = time.perf_counter() - started
         return report
 
@@ -150,30 +151,56 @@ def run_reference(cases, reference: str, *, perturb: float = 0.0, progress=None)
     return reports
 
 
-def run_in_subprocess(cases, reference: str, *, perturb: float = 0.0, plot_dir: str | None = None,
-                      cache_dir: str | None = None) -> list[Report]:
-    """Run ``cases`` against ``reference`` in one child process with the right ``KERAS_BACKEND``."""
-    env = dict(os.environ, KERAS_BACKEND=REFERENCE_BACKEND[reference])
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "reports.json")
-        names = os.path.join(tmp, "cases.txt")
+class SubprocessRun:
+    """``cases`` against ``reference`` in one child process with the right ``KERAS_BACKEND``, started at once so
+    that it runs alongside the in-process references; :meth:`reports` waits for it."""
+
+    def __init__(self, cases, reference: str, *, perturb: float = 0.0, plot_dir: str | None = None,
+                 cache_dir: str | None = None):
+        self.cases, self.reference = list(cases), reference
+        env = dict(os.environ, KERAS_BACKEND=REFERENCE_BACKEND[reference])
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self._tmp = tempfile.TemporaryDirectory()
+        self._out = os.path.join(self._tmp.name, "reports.json")
+        names = os.path.join(self._tmp.name, "cases.txt")
         with open(names, "w") as f:
-            f.write("\n".join(c.name for c in cases))
-        cmd = [sys.executable, "-m", "parity", "--child", names, "--reference", reference, "--json", out]
+            f.write("\n".join(c.name for c in self.cases))
+        cmd = [sys.executable, "-m", "parity", "--child", names, "--reference", reference, "--json", self._out]
         if perturb:
             cmd += ["--perturb", repr(perturb)]
         if plot_dir:
             cmd += ["--plot", plot_dir]
         cmd += ["--cache-dir", cache_dir] if cache_dir else ["--no-cache"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if not os.path.exists(out):
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
-            return [_child_error(c, reference, proc.returncode, tail) for c in cases]
-        with open(out) as f:
-            payload = json.load(f)
-    return [report_from_dict(d) for d in payload["reports"]]
+        self._log = open(os.path.join(self._tmp.name, "log.txt"), "w+")
+        self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """Stop the child (the caller was interrupted)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._log.close()
+        self._tmp.cleanup()
+
+    def reports(self) -> list[Report]:
+        try:
+            code = self._proc.wait()
+            if not os.path.exists(self._out):
+                self._log.seek(0)
+                tail = self._log.read().strip().splitlines()[-5:]
+                return [_child_error(c, self.reference, code, tail) for c in self.cases]
+            with open(self._out) as f:
+                payload = json.load(f)
+            return [report_from_dict(d) for d in payload["reports"]]
+        finally:
+            self._log.close()
+            self._tmp.cleanup()
+
+
+def run_in_subprocess(cases, reference: str, **kwargs) -> list[Report]:
+    """Run ``cases`` against ``reference`` in one child process and wait for its reports."""
+    return SubprocessRun(cases, reference, **kwargs).reports()
 
 
 def _child_error(case, reference, code, tail) -> Report:
