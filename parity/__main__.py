@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     for ref, cases in runnable:
         if not cases:
             continue
-        needed = {"keras3": ("keras", "tensorflow"), "keras3-jax": ("keras",), "tf_keras": ("tf_keras", "tensorflow")}[ref]
+        needed = {"keras3": ("keras", "tensorflow"), "keras3-jax": ("keras",),
+                  "tf_keras": ("tf_keras", "tensorflow")}[ref]
         missing = [name for name in needed if not is_available(name)]
         if missing:
             return _usage_error(f"the {ref!r} reference needs {' and '.join(missing)}, which "

@@ -119,7 +119,8 @@ def flavor_of(obj) -> str:
             return "tf_keras"
         if root == "keras":
             return "keras3"
-    raise TypeError(f"expected a Keras 3 or tf_keras model or layer; received {type(obj).__module__}.{type(obj).__name__}.")
+    kind = f"{type(obj).__module__}.{type(obj).__name__}"
+    raise TypeError(f"expected a Keras 3 or tf_keras model or layer; received {kind}.")
 
 
 def backend_of(obj) -> str:

@@ -76,7 +76,8 @@ class Report:
             f"  grads    max {fmt(self.grad_diff)} over {len(self.grad_diffs)} weights",
         ]
         if self.trajectory_keras is not None:
-            lines.append(f"  trajectory ({len(self.trajectory_keras) - 1} steps) max rel diff {fmt(self.trajectory_diff)}")
+            steps = len(self.trajectory_keras) - 1
+            lines.append(f"  trajectory ({steps} steps) max rel diff {fmt(self.trajectory_diff)}")
         if self.deviation:
             lines.append(f"  deviation: {self.deviation.summary} jaxmask: {self.deviation.jaxmask} "
                          f"upstream: {self.deviation.upstream}")

@@ -196,7 +196,9 @@ def _check_options(layer) -> None:
         )
     for option in ("stateful", "time_major"):
         if getattr(layer, option, False):
-            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has {option}=True, which jaxmask does not model.")
+            raise ValueError(
+                f"layer {layer.name!r} ({type(layer).__name__}) has {option}=True, which jaxmask does not model."
+            )
 
 
 def _dense_from_keras(layer, flavor):
@@ -288,7 +290,8 @@ def convert_layer(layer, *, flavor: str | None = None, backend: str | None = Non
         if cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("keepdims", False):
             raise ValueError(
                 f"layer {layer.name!r}: GlobalAveragePooling1D is supported with data_format='channels_last' and "
-                f"keepdims=False only; received data_format={cfg.get('data_format')!r}, keepdims={cfg.get('keepdims')!r}."
+                f"keepdims=False only; received data_format={cfg.get('data_format')!r}, "
+                f"keepdims={cfg.get('keepdims')!r}."
             )
         ours, paths = jm.nn.GlobalAveragePooling1D(), []
     for _, var, path in paths:
@@ -381,7 +384,9 @@ def _keras_activation(name, flavor, where):
     if name == "hard_sigmoid_legacy":
         if flavor == "tf_keras":
             return "hard_sigmoid"
-        raise ValueError(f"{where}: 'hard_sigmoid_legacy' (Keras <= 2.x) has no Keras 3 equivalent; use flavor='tf_keras'.")
+        raise ValueError(
+            f"{where}: 'hard_sigmoid_legacy' (Keras <= 2.x) has no Keras 3 equivalent; use flavor='tf_keras'."
+        )
     if name == "hard_sigmoid" and flavor == "tf_keras":
         raise ValueError(f"{where}: Keras 3's 'hard_sigmoid' (relu6(x + 3) / 6) has no tf_keras equivalent.")
     return name
@@ -427,7 +432,9 @@ def _layer_to_keras(layer, K, flavor):
         return _dense_to_keras(layer, K, flavor)
     if isinstance(layer, jm.nn.TimeDistributed):
         if not isinstance(layer.layer, jm.nn.Dense):
-            raise ValueError(f"TimeDistributed({type(layer.layer).__name__}) cannot be converted; only TimeDistributed(Dense).")
+            raise ValueError(
+                f"TimeDistributed({type(layer.layer).__name__}) cannot be converted; only TimeDistributed(Dense)."
+            )
         inner, weights = _dense_to_keras(layer.layer, K, flavor)
         return K.layers.TimeDistributed(inner), weights
     if isinstance(layer, jm.nn.Embedding):

@@ -73,7 +73,8 @@ def details(reports) -> str:
         lines.append("\nDocumented reference deviations (not failures; jaxmask's behaviour is the documented one):")
         for name, n in seen.items():
             d = DEVIATIONS[name]
-            lines.append(f"  {name} ({n} checks): {d.summary}\n      jaxmask: {d.jaxmask}\n      upstream: {d.upstream}")
+            lines.append(f"  {name} ({n} checks): {d.summary}")
+            lines.append(f"      jaxmask: {d.jaxmask}\n      upstream: {d.upstream}")
     tol = ", ".join(f"{k} atol {t.atol:g} rtol {t.rtol:g}" for k, t in TOLERANCES.items())
     lines.append(f"\nTolerances: {tol}.")
     return "\n".join(lines)

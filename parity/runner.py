@@ -98,7 +98,7 @@ def build_layer(K, case: catalogue.Case, data):
     if K.__name__ == "tf_keras":  # tf_keras wants tensors, not arrays, for initial_state
         import tensorflow as tf
 
-        kwargs = {k: ([tf.constant(s) for s in v] if isinstance(v, list) else tf.constant(v)) for k, v in kwargs.items()}
+        kwargs = {k: [tf.constant(s) for s in v] if isinstance(v, list) else tf.constant(v) for k, v in kwargs.items()}
     layer(data["x"], **kwargs)  # build
     _randomize(layer, case.seed)
     return layer

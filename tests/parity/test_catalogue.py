@@ -59,7 +59,8 @@ def test_keras3_jax_backend_in_one_subprocess(tmp_path):
     """Keras 3 on JAX: a model case, a layer case with initial_state (documented deviation) and a trajectory,
     all in one child process; plus from_keras / to_keras there."""
     out = tmp_path / "jax.json"
-    cmd = [sys.executable, "-m", "parity", "--no-cache", "--reference", "keras3-jax", "-k", "*initial_state/pre", "--json", str(out)]
+    cmd = [sys.executable, "-m", "parity", "--no-cache", "--reference", "keras3-jax", "-k", "*initial_state/pre",
+           "--json", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = json.loads(out.read_text())["reports"]
@@ -90,7 +91,8 @@ print("ok")
 @pytest.mark.keras
 def test_full_catalogue_every_reference(tmp_path):
     out = tmp_path / "all.json"
-    cmd = [sys.executable, "-m", "parity", "--no-cache", "--reference", "all", "--json", str(out), "--plot", str(tmp_path)]
+    cmd = [sys.executable, "-m", "parity", "--no-cache", "--reference", "all", "--json", str(out),
+           "--plot", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     payload = json.loads(out.read_text())

@@ -15,7 +15,8 @@ from parity import cases as catalogue  # noqa: E402
 from parity import runner  # noqa: E402
 
 ARCHS = {
-    "seed": (catalogue.rnn("lstm"), catalogue.L("dropout", rate=0.5), catalogue.L("dense", units=1, activation="sigmoid")),
+    "seed": (catalogue.rnn("lstm"), catalogue.L("dropout", rate=0.5),
+             catalogue.L("dense", units=1, activation="sigmoid")),
     "bidirectional_stack": (catalogue.L("bidirectional", layer=catalogue.rnn("gru"), merge_mode="ave"),
                             catalogue.rnn("simple_rnn", go_backwards=True, zero_output_for_mask=True),
                             catalogue.L("time_distributed", units=2, activation="softmax")),
