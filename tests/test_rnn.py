@@ -337,3 +337,20 @@ def test_fused_lstm_check_grads_float64_with_dropout_and_remat():
             return jnp.sum(outputs**2) + jnp.sum(last) + sum(jnp.sum(s * s) for s in final)
 
         check_grads(f, (params, x, init), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_dropout_keep_mask_statistics(rate):
+    """The counter-hash dropout mask: right keep rate, no correlation between neighbours or between keys."""
+    from jaxmask.nn._core import dropout_keep_mask
+
+    shape = (64, 100, 50)
+    n = int(np.prod(shape))
+    a = np.asarray(dropout_keep_mask(jax.random.key(0), rate, shape)).ravel().astype(np.float64)
+    b = np.asarray(dropout_keep_mask(jax.random.key(1), rate, shape)).ravel().astype(np.float64)
+    sigma = np.sqrt(rate * (1 - rate) / n)
+    assert abs(a.mean() - (1 - rate)) < 5 * sigma
+    for other in (a[1:], b[:-1]):  # neighbours within a mask, and the same positions under another key
+        assert abs(np.corrcoef(a[:-1], other)[0, 1]) < 5 / np.sqrt(n)
+    np.testing.assert_array_equal(a, np.asarray(dropout_keep_mask(jax.random.key(0), rate, shape)).ravel())
+    assert np.asarray(dropout_keep_mask(jax.random.key(0), 0.0, (3, 4))).all()

@@ -57,6 +57,35 @@ def rng_stream(rngs: nnx.Rngs):
     return rngs[name].fork()
 
 
+def _fmix32(x):
+    """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def dropout_keep_mask(key, rate: float, shape) -> jax.Array:
+    """Bool mask, True with probability 1 - rate (to 2⁻³²), for dropout.
+
+    Counter-based: 64 bits drawn from ``key`` seed a hash of each element's index,
+    ``fmix32(fmix32(i · φ + s₀) ⊕ s₁)``. On XLA:CPU ``jax.random.bernoulli`` costs ~17 ns per value (about
+    a quarter of the large benchmark's train step for its [128, 400, 256] dropout), the hash ~0.2 ns. Good
+    statistics for dropout, not a cryptographic or general-purpose generator.
+    """
+    n = int(np.prod(shape))
+    if n >= 2**32:
+        return jax.random.bernoulli(key, 1.0 - rate, shape)
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, n)
+    bits = _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
+    threshold = int(round((1.0 - rate) * 2.0**32))
+    if threshold >= 2**32:
+        return jnp.ones(shape, bool)
+    return (bits < jnp.uint32(threshold)).reshape(shape)
+
+
 def as_input(x, layer: str, rank: int = 3, layout: str = "[B, T, F]"):
     """Turn ``x`` into an array of the given rank, with a clear error for ragged lists and wrong ranks."""
     if isinstance(x, (list, tuple)):
@@ -186,7 +215,7 @@ class Dropout(Layer):
             return x
         if self.rngs is None:
             raise ValueError("Dropout in training mode needs `rngs`: build it with Dropout(rate, rngs=nnx.Rngs(0)).")
-        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, x.shape)
+        keep = dropout_keep_mask(self.rngs(), self.rate, x.shape)
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxmask._checks import check_choice, check_mask
 from jaxmask.functional import rnn as F
-from jaxmask.nn._core import Layer, as_input, keras_init, rng_stream
+from jaxmask.nn._core import Layer, as_input, dropout_keep_mask, keras_init, rng_stream
 
 _KERAS_DOC = """
     What a masked step outputs: the previous step's output (0 before the first valid step), or 0 with
@@ -110,7 +110,7 @@ class _RNN(Layer):
             if rate == 0.0:
                 masks.append(None)
                 continue
-            keep = jax.random.bernoulli(self.rngs(), 1.0 - rate, (batch, width))
+            keep = dropout_keep_mask(self.rngs(), rate, (batch, width))
             masks.append(keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype))
         return tuple(masks)
 
