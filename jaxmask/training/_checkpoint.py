@@ -11,8 +11,9 @@ so a process killed at any instant leaves either a complete, committed checkpoin
 directory that readers ignore and the next writer deletes. There is no "latest" pointer that could go
 stale (maxtext PR #5260): readers list the committed directories and take the newest name; names sort
 chronologically. A checkpoint whose files do not match its COMMIT hashes (a torn copy, a flipped bit) is
-skipped with a warning and the previous one is used. Only the newest ``max_to_keep`` are kept, and an
-old one is deleted only after a newer one is committed.
+skipped with a warning and the previous one is used. Only the newest ``max_to_keep`` up to the one just
+saved are kept (broken directories with later names never count), and an old one is deleted only after a
+newer one is committed.
 
 Orbax (``orbax-checkpoint``) writes the same tmp-dir/commit/rename sequence, asynchronously and for
 sharded arrays; this writer is synchronous and small on purpose, so that "killed during a save" has
@@ -175,7 +176,10 @@ class CheckpointManager:
             shutil.rmtree(path)
         self.clean_tmp()
         write_checkpoint(path, arrays, meta)
-        for old in self.names()[: -self.max_to_keep]:
+        # Prune among the names up to this one: a later name can only be a broken leftover (a resume starts
+        # from the newest intact checkpoint), e.g. of a run killed while deleting its backups; counting it
+        # would delete the checkpoint just written. It is replaced when the run reaches its name.
+        for old in [n for n in self.names() if n <= name][: -self.max_to_keep]:
             shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
         return path
 
