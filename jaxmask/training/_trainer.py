@@ -78,6 +78,12 @@ class Trainer:
         step, so the layers' own ``nnx.Rngs`` seeds do not matter in training) and of the per-epoch shuffles.
       mesh: a ``jax.sharding.Mesh`` with a ``"batch"`` axis; default :func:`jaxmask.training.batch_mesh`.
       loss_kwargs: extra arguments of the loss function (``from_logits=True``, ``label_smoothing``...).
+      debug_nans: check every training batch on the host before its step runs (``fit``, ``train_on_batch``)
+        and raise ``ValueError`` naming the batch and the (sample, step) positions where ``x`` holds NaN or
+        Inf at a step the model treats as valid (its first layer's mask: ``Masking``, which counts a NaN step
+        as valid, or ``Embedding(mask_zero=True)``; else the mask you pass; else every step), or where ``y`` /
+        ``sample_weight`` do at a valid step. Padded steps are not checked: they may hold anything. Off by
+        default: such a step is then skipped and counted in ``nonfinite_steps``. Costs a host pass per batch.
 
     Example::
 
@@ -102,6 +108,7 @@ class Trainer:
         seed: int = 0,
         mesh: Mesh | None = None,
         loss_kwargs: dict | None = None,
+        debug_nans: bool = False,
     ):
         if not isinstance(model, nnx.Module):
             raise TypeError(f"`model` must be a Flax NNX module such as jm.nn.Sequential; received {type(model).__name__}.")
@@ -126,6 +133,7 @@ class Trainer:
         self.seed = int(seed)
         self.mesh = batch_mesh() if mesh is None else mesh
         self.loss_kwargs = dict(loss_kwargs or {})
+        self.debug_nans = bool(debug_nans)
         self.state = None
         self.stop_training = False
         self.global_step = 0
@@ -444,7 +452,10 @@ class Trainer:
                 for i in range(first, len(plan)):
                     rows, length = plan[i]
                     callback_list.on_train_batch_begin(i)
-                    batch = place_batch(data.batch(rows, length, y_has_time=self._y_has_time), self.mesh)
+                    batch = data.batch(rows, length, y_has_time=self._y_has_time)
+                    if self.debug_nans:
+                        self._check_finite(batch, rows, f"batch {i} of epoch {epoch}")
+                    batch = place_batch(batch, self.mesh)
                     self.state, logs = step.step(self.state, batch)
                     self.global_step += 1
                     callback_list.on_train_batch_end(i, logs)
@@ -464,6 +475,46 @@ class Trainer:
         finally:
             self._push()
         return history
+
+    # ------------------------------------------------------------------------------------ debug_nans
+
+    def _valid_steps_of(self, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """bool [B, T]: the steps the model treats as valid (its first layer's mask, else ``mask``, else all)."""
+        layers = getattr(self.model, "layers", None)
+        first = layers[0] if layers is not None and len(layers) else None
+        if first is not None and hasattr(first, "compute_output_mask"):
+            out = first.compute_output_mask(x, mask)
+            if out is not None and np.shape(out) == x.shape[:2]:
+                return np.asarray(out, bool)
+        return np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+
+    def _check_finite(self, batch: dict, rows: np.ndarray, where: str) -> None:
+        """``debug_nans``: raise if ``x``, ``y`` or ``sample_weight`` of a host batch hold NaN/Inf at valid steps."""
+        x = batch["x"]
+        valid = self._valid_steps_of(x, batch["mask"])
+        label_valid = valid if batch["mask"] is None else valid & batch["mask"]
+        found = []
+        for name, a in (("x", x), ("y", batch["y"]), ("sample_weight", batch["sample_weight"])):
+            if a is None or not np.issubdtype(a.dtype, np.inexact):
+                continue
+            per_step = a.ndim >= 2 and a.shape[1] == x.shape[1] and (name == "x" or self._y_has_time)
+            if per_step:
+                bad = ~np.isfinite(a).reshape(a.shape[:2] + (-1,)).all(-1) & (valid if name == "x" else label_valid)
+            else:
+                bad = ~np.isfinite(a).reshape(a.shape[0], -1).all(-1)
+            if bad.any():
+                at = np.argwhere(bad)
+                shown = [(int(rows[p[0]]), int(p[1])) if per_step else int(rows[p[0]]) for p in at[:10]]
+                kind = "(sample, step)" if per_step else "sample"
+                more = f", ... ({len(at)} in all)" if len(at) > 10 else ""
+                found.append(f"`{name}` at {kind} {', '.join(map(str, shown))}{more}")
+        if found:
+            raise ValueError(
+                f"debug_nans: {where} holds NaN or Inf at valid positions, so its loss or gradients would be "
+                f"non-finite: {'; '.join(found)}. Samples are rows of the arrays given to fit/train_on_batch, batches "
+                "and epochs are 0-based. Padded steps may hold anything; fix or mask these steps (a jm.nn.Masking layer "
+                "counts a step with a NaN feature as valid: NaN != mask_value)."
+            )
 
     # -------------------------------------------------------------------------------------- backups
 
@@ -538,7 +589,10 @@ class Trainer:
         step = self._train_step(class_weight)
         self._pull()
         self.state = self.state._replace(acc=step.init_accumulators())
-        batch = place_batch(data.batch(np.arange(data.n)), self.mesh)
+        batch = data.batch(np.arange(data.n))
+        if self.debug_nans:
+            self._check_finite(batch, np.arange(data.n), "train_on_batch")
+        batch = place_batch(batch, self.mesh)
         self.state, logs = step.step(self.state, batch)
         self.global_step = int(self.state.step)
         self._push()
