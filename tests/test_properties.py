@@ -251,9 +251,11 @@ def test_masked_loss_jit_equals_eager(case):
 
 
 @pytest.mark.xfail(strict=True, reason="keras3 mean_with_sample_weight sums the weights of padded steps "
-                   "(reduction.py: Σ total_weight with total_weight = w·m, and NaN·0 = NaN); see tests/PROPERTIES.md")
+                   "(reduction.py: Σ w·m with NaN·0 = NaN); see tests/PROPERTIES.md")
 def test_padded_weights_mean_with_sample_weight():
-    """Minimal repro of the one leak the property search found: a NaN [B, T] weight at a padded step."""
+    """A NaN [B, T] weight at a padded step makes the keras3 mean_with_sample_weight loss NaN (found while
+    building this file's padding strategies; the property above leaves that one combination out until it is fixed
+    in jaxmask/functional/reduction.py, then this test passes and the exclusion goes)."""
     mask = np.array([[True, True, False], [True, False, False]])
     y_true = np.zeros((2, 3, 1), np.float32)
     y_pred = np.ones((2, 3, 1), np.float32)
