@@ -207,8 +207,8 @@ def make_loss_batch(case):
         dirty_true = padded(y_true, mask, poison_like(rng, y_true.shape, poison))
     dirty_w = w
     # Padded [B, T] weights are padding too, except where they are part of the formula: keras_legacy counts
-    # every weight in #{w != 0}. keras3 mean_with_sample_weight: see test_padded_weights_mean_with_sample_weight.
-    if w is not None and w.ndim == 2 and semantics != "keras_legacy" and reduction != "mean_with_sample_weight":
+    # every weight in #{w != 0}.
+    if w is not None and w.ndim == 2 and semantics != "keras_legacy":
         dirty_w = padded(w, mask, poison_like(rng, w.shape, poison))
     return y_true, y_pred, w, dirty_true, dirty_pred, dirty_w
 
@@ -250,12 +250,9 @@ def test_masked_loss_jit_equals_eager(case):
     np.testing.assert_allclose(np.asarray(g_jit), np.asarray(g_eager), **TOL["jit"])
 
 
-@pytest.mark.xfail(strict=True, reason="keras3 mean_with_sample_weight sums the weights of padded steps "
-                   "(reduction.py: Σ w·m with NaN·0 = NaN); see tests/PROPERTIES.md")
 def test_padded_weights_mean_with_sample_weight():
-    """A NaN [B, T] weight at a padded step makes the keras3 mean_with_sample_weight loss NaN (found while
-    building this file's padding strategies; the property above leaves that one combination out until it is fixed
-    in jaxmask/functional/reduction.py, then this test passes and the exclusion goes)."""
+    """A NaN [B, T] weight at a padded step does not reach the keras3 mean_with_sample_weight denominator
+    (it did: Σ w·m with NaN·0 = NaN; found while building this file's padding strategies)."""
     mask = np.array([[True, True, False], [True, False, False]])
     y_true = np.zeros((2, 3, 1), np.float32)
     y_pred = np.ones((2, 3, 1), np.float32)

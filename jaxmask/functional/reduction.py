@@ -97,7 +97,10 @@ def reduce_weighted_loss(values, *, weights=None, mask=None, reduction="sum_over
     if reduction == "mean_with_sample_weight":
         if total_weight is None:
             return total / jnp.asarray(n, dtype)
-        return _divide_no_nan(total, jnp.sum(jnp.broadcast_to(total_weight, values.shape)))
+        step_weights = jnp.broadcast_to(total_weight, values.shape)
+        if mask is not None:  # padded steps' weights may hold anything (NaN·0 = NaN)
+            step_weights = jnp.where(mask, step_weights, 0)
+        return _divide_no_nan(total, jnp.sum(step_weights))
     if semantics == "keras_legacy":
         valid = jnp.asarray(n, dtype) if mask is None else jnp.sum(mask.astype(dtype))
         loss = _divide_no_nan(total, valid)
