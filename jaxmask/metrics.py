@@ -257,7 +257,7 @@ class TopKCategoricalAccuracy(MeanMetricWrapper):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SparseTopKCategoricalAccuracy(MeanMetricWrapper):
+class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
     """The integer label is among the ``k`` highest scores.
 
     Keras equivalent: ``keras.metrics.SparseTopKCategoricalAccuracy(k=5)``.
@@ -265,13 +265,6 @@ class SparseTopKCategoricalAccuracy(MeanMetricWrapper):
 
     fn: Callable = F.sparse_top_k_categorical_accuracy
     name: str = "sparse_top_k_categorical_accuracy"
-    k: int = 5
-
-    def __post_init__(self):
-        _check_k(self.k)
-
-    def values(self, y_true, y_pred):
-        return self.fn(y_true, y_pred, k=self.k)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
