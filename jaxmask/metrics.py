@@ -347,7 +347,23 @@ def _check_threshold(threshold) -> None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Precision(_ConfusionMetric):
+class _SingleThresholdMetric(_ConfusionMetric):
+    """Confusion counts at one threshold: ``y_pred > threshold`` is a positive prediction."""
+
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        _check_threshold(self.threshold)
+
+    def _num_thresholds(self) -> int:
+        return 1
+
+    def _counts(self, y_true, y_pred, weights):
+        return F.confusion_at_thresholds(y_true, y_pred, weights, jnp.full((1,), self.threshold, jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Precision(_SingleThresholdMetric):
     """TP / (TP + FP) with ``y_pred > threshold`` as a positive prediction; 0 when nothing is predicted
     positive.
 
@@ -356,16 +372,6 @@ class Precision(_ConfusionMetric):
     """
 
     name: str = "precision"
-    threshold: float = 0.5
-
-    def __post_init__(self):
-        _check_threshold(self.threshold)
-
-    def _num_thresholds(self) -> int:
-        return 1
-
-    def _counts(self, y_true, y_pred, weights):
-        return F.confusion_at_thresholds(y_true, y_pred, weights, jnp.full((1,), self.threshold, jnp.float32))
 
     def result(self, state: ConfusionState) -> Array:
         """TP / (TP + FP), or 0."""
@@ -373,7 +379,7 @@ class Precision(_ConfusionMetric):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Recall(_ConfusionMetric):
+class Recall(_SingleThresholdMetric):
     """TP / (TP + FN) with ``y_pred > threshold`` as a positive prediction; 0 when there is no positive
     label.
 
@@ -382,16 +388,6 @@ class Recall(_ConfusionMetric):
     """
 
     name: str = "recall"
-    threshold: float = 0.5
-
-    def __post_init__(self):
-        _check_threshold(self.threshold)
-
-    def _num_thresholds(self) -> int:
-        return 1
-
-    def _counts(self, y_true, y_pred, weights):
-        return F.confusion_at_thresholds(y_true, y_pred, weights, jnp.full((1,), self.threshold, jnp.float32))
 
     def result(self, state: ConfusionState) -> Array:
         """TP / (TP + FN), or 0."""
