@@ -67,6 +67,11 @@ def squeeze_or_expand_to_same_rank(x1, x2, expand_rank_1=True):
     return x1, x2
 
 
+def _smooth_labels(y_true, label_smoothing: float, num_classes: int):
+    """Keras' label smoothing: y (1 - s) + s / C (C = 2 for binary targets)."""
+    return y_true * (1.0 - label_smoothing) + (label_smoothing / num_classes)
+
+
 def _expand_along(v, axis: int, ndim: int):
     """Reshape a 1-D per-class vector so it broadcasts along ``axis`` of an ``ndim`` array (no rank promotion)."""
     shape = [1] * ndim
@@ -145,7 +150,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     """
     y_true, y_pred = _floats(y_true, y_pred)
     if label_smoothing:
-        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        y_true = _smooth_labels(y_true, label_smoothing, 2)
     if logits is not None:
         y_pred, from_logits = _check_logits(logits, y_pred, "binary_crossentropy"), True
     return jnp.mean(_binary_kernel(y_true, y_pred, from_logits), axis=axis)
@@ -189,7 +194,7 @@ def binary_focal_crossentropy(
     """
     y_true, y_pred = _floats(y_true, y_pred)
     if label_smoothing:
-        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        y_true = _smooth_labels(y_true, label_smoothing, 2)
     if from_logits:
         logits, y_pred = y_pred, jax.nn.sigmoid(y_pred)
     elif logits is not None:
@@ -229,8 +234,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     _check_axis(axis)
     y_true, y_pred = _floats(y_true, y_pred)
     if label_smoothing:
-        num_classes = y_true.shape[-1]
-        y_true = y_true * (1.0 - label_smoothing) + (label_smoothing / num_classes)
+        y_true = _smooth_labels(y_true, label_smoothing, y_true.shape[-1])
     if logits is not None:
         y_pred, from_logits = _check_logits(logits, y_pred, "categorical_crossentropy"), True
     return -jnp.sum(y_true * _categorical_log_prob(y_pred, from_logits, axis), axis=axis)
@@ -261,8 +265,7 @@ def categorical_focal_crossentropy(
     _check_axis(axis)
     y_true, y_pred = _floats(y_true, y_pred)
     if label_smoothing:
-        num_classes = y_true.shape[-1]
-        y_true = y_true * (1.0 - label_smoothing) + (label_smoothing / num_classes)
+        y_true = _smooth_labels(y_true, label_smoothing, y_true.shape[-1])
     if from_logits:
         y_pred = jax.nn.softmax(y_pred, axis=axis)
     output = y_pred / jnp.sum(y_pred, axis=axis, keepdims=True)
