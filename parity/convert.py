@@ -1,39 +1,43 @@
-"""Keras <-> jaxmask conversion: architecture and weights, both directions.
+"""Keras <-> jaxmask conversion: architecture and weights, both directions, through jaxmask's layer registry.
 
-Supported layers (Keras 3 and tf_keras): Input, Masking, Embedding, LSTM, GRU, SimpleRNN,
-Bidirectional, Dense, Dropout, Activation, TimeDistributed(Dense), GlobalAveragePooling1D, in a
-``Sequential`` model or a linear functional one (one input, one output, each layer called once on the
-previous layer's output). Anything else is refused with a ``ValueError`` that names the layer.
+A live Keras model is converted the way a file is loaded: its config (``model.to_json()``, the same JSON a
+``.keras`` / ``.h5`` file holds) goes through ``jaxmask.keras_io``'s registry walker, and its weights come from
+each layer's ``weights`` (Keras order, the order of every registry entry's ``weights``). Supported: the layers
+in ``jaxmask.keras_io.SUPPORTED``, in a ``Sequential`` model or any functional graph (several inputs and outputs,
+shared layers, nested models, RNN state wiring, stateful RNNs). Anything else is refused with a ``ValueError``
+that names the layer and the field.
 
-Weights keep Keras' names and layouts in jaxmask, so conversion copies arrays unchanged. Activation
-names are translated where the two libraries disagree: tf_keras' ``hard_sigmoid`` is Keras <= 2.x's
-``clip(0.2 x + 0.5, 0, 1)`` (``"hard_sigmoid_legacy"`` in jaxmask), Keras 3's is ``relu6(x + 3) / 6``.
+The other way, ``to_keras`` describes each jaxmask layer with its registry entry's ``config`` and replays the
+graph on ``keras.Input``\\ s. Activation names are translated where the two libraries disagree: tf_keras'
+``hard_sigmoid`` is Keras <= 2.x's ``clip(0.2 x + 0.5, 0, 1)`` (``"hard_sigmoid_legacy"`` in jaxmask), Keras 3's
+is ``relu6(x + 3) / 6``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import json
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import jaxmask as jm
-from jaxmask.functional.rnn import ACTIVATIONS
+from jaxmask.errors import UnsafeFileError
+from jaxmask.keras_io import _graph
+from jaxmask.keras_io._limits import Limits
+from jaxmask.keras_io._registry import REGISTRY, Context, entry_for, variable, weights_of
+from jaxmask.nn._model import _Ref
 from parity._keras import backend_of, flavor_of, keras_module
 
-SUPPORTED = (
-    "InputLayer", "Masking", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Dense", "Dropout",
-    "Activation", "TimeDistributed", "GlobalAveragePooling1D",
-)
+SUPPORTED = jm.keras_io.SUPPORTED
+_LIMITS = Limits(max_params=2**31, max_layers=100_000, max_config_bytes=2**30, max_json_containers=10**8)
 
 
 @dataclasses.dataclass(frozen=True)
 class Binding:
-    """One weight seen from both sides: its Keras name, the Keras variable and its path in
+    """One trainable weight seen from both sides: its Keras name, the Keras variable and its path in
     ``nnx.state(jaxmask_model, nnx.Param)``."""
 
     name: str
@@ -43,39 +47,22 @@ class Binding:
 
 # ------------------------------------------------------------------------------------------ Keras -> jaxmask
 
-_STREAMS = itertools.count()
 
-
-def _new(cls, *args, **kwargs):
-    """``cls(*args, rngs=..., **kwargs)`` without running its initialisers (they compile per shape and cost far
-    more than the conversion; every weight is overwritten anyway): built with ``nnx.eval_shape``, then the
-    abstract parameters become zeros and the dropout RNG streams distinct keys ``fold_in(key(0), i)``."""
-    module = nnx.eval_shape(lambda: cls(*args, rngs=nnx.Rngs(0), **kwargs))
-    for _, node in nnx.iter_graph(module):
-        if isinstance(node, nnx.Variable) and isinstance(node.get_value(), jax.ShapeDtypeStruct):
-            abstract = node.get_value()
-            if jax.dtypes.issubdtype(abstract.dtype, jax.dtypes.prng_key):
-                node.set_value(jax.random.fold_in(jax.random.key(0), next(_STREAMS)))
-            else:
-                node.set_value(jnp.asarray(np.zeros(abstract.shape, abstract.dtype)))
-    return module
-
-
-def from_keras(keras_model) -> jm.nn.Sequential:
-    """Convert a Keras model to a jaxmask ``Sequential`` with the same architecture and weights, in eval mode.
+def from_keras(keras_model):
+    """Convert a Keras model to a jaxmask model with the same architecture and weights, in eval mode.
 
     Args:
-      keras_model: a built ``keras.Sequential`` or linear functional ``keras.Model`` (Keras 3 on any backend,
-        or tf_keras) made of the layers listed in :mod:`parity.convert`.
+      keras_model: a built ``keras.Sequential`` or functional ``keras.Model`` (Keras 3 on any backend, or
+        tf_keras) made of the layers in ``jaxmask.keras_io.SUPPORTED``.
 
     Returns:
-      ``jm.nn.Sequential``; ``model(x) -> (outputs, output_mask)`` equals Keras' ``model(x)`` and its
-      ``_keras_mask``. For a Keras 3 model on the JAX backend, recurrent layers get
-      ``initial_output="initial_state"`` (that backend's leading masked outputs).
+      ``jm.nn.Sequential`` for a Sequential model, ``jm.nn.Model`` for a functional one; ``model(x) ->
+      (outputs, output_masks)`` equals Keras' ``model(x)`` and its ``_keras_mask``. For a Keras 3 model on the JAX
+      backend, recurrent layers get ``initial_output="initial_state"`` (that backend's leading masked outputs).
 
     Raises:
-      ValueError: an unsupported layer (named), a non-linear graph, an unbuilt model, or a layer option
-        jaxmask does not model (``stateful``, ``time_major``, non-float32 dtype policy ...).
+      ValueError: an unsupported layer or option (the message names the layer and the field), or an unbuilt
+        model.
       TypeError: ``keras_model`` is not a Keras model.
 
     Example::
@@ -87,278 +74,217 @@ def from_keras(keras_model) -> jm.nn.Sequential:
     return model
 
 
-def convert(keras_model) -> tuple[jm.nn.Sequential, list[Binding]]:
-    """:func:`from_keras` plus the weight :class:`Binding` list (Keras variable order, layer by layer)."""
-    flavor = flavor_of(keras_model)
-    backend = backend_of(keras_model)
-    layers = keras_layers(keras_model)
-    converted, bindings = [], []
-    for i, layer in enumerate(layers):
-        ours, weights = convert_layer(layer, flavor=flavor, backend=backend)
-        converted.append(ours)
-        bindings += [Binding(name, var, ("layers", i) + sub) for name, var, sub in weights]
-    model = jm.nn.Sequential(converted)
-    model.eval()
-    return model, bindings
-
-
-def keras_layers(keras_model) -> list:
-    """The layers of a Sequential or linear functional Keras model in call order, without InputLayer."""
+def convert(keras_model):
+    """:func:`from_keras` plus the trainable weights' :class:`Binding` list (Keras order, layer by layer)."""
     kind = type(keras_model).__name__
-    if not hasattr(keras_model, "layers"):
+    if not hasattr(keras_model, "layers") or not hasattr(keras_model, "to_json"):
         raise TypeError(f"`keras_model` must be a keras.Sequential or keras.Model; received {kind}.")
     if not keras_model.built:
         raise ValueError(
             f"`keras_model` ({kind} {keras_model.name!r}) is not built, so its weights do not exist yet; start it "
             "with keras.Input(shape) or call it once on a batch before converting."
         )
-    layers = [layer for layer in keras_model.layers if type(layer).__name__ != "InputLayer"]
-    for layer in layers:
-        _check_supported(layer)
-    if kind == "Sequential":
-        return layers
-    inputs, outputs = list(keras_model.inputs), list(keras_model.outputs)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(
-            f"`keras_model` {keras_model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs; parity converts "
-            "linear models with one input and one output (call a return_state / initial_state layer directly and "
-            "convert it with parity.convert.convert_layer)."
-        )
-    produced = {id(t) for layer in layers for t in _flat(layer.output)} | {id(t) for t in inputs}
-    previous = inputs[0]
-    for layer in layers:
-        nodes = getattr(layer, "_inbound_nodes", [])
-        tensors = _flat(nodes[0].input_tensors) if len(nodes) == 1 else []
-        # Keras 3 lists the mask it computed for a layer among its node's inputs; any other graph tensor
-        # (an initial_state Input, a skip connection) makes the model non-linear.
-        linear = bool(tensors) and tensors[0] is previous and not any(id(t) in produced for t in tensors[1:])
-        if not linear:
-            raise ValueError(
-                f"layer {layer.name!r} ({type(layer).__name__}) of {keras_model.name!r} is not called exactly once on "
-                "the previous layer's output; parity converts linear chains only."
-            )
-        previous = layer.output
-    if outputs[0] is not previous:
-        raise ValueError(f"the output of {keras_model.name!r} is not the last layer's output; not a linear chain.")
-    return layers
+    flavor, backend = flavor_of(keras_model), backend_of(keras_model)
+    cfg = json.loads(keras_model.to_json())
+    try:
+        built = _graph.build_model(cfg, flavor=flavor, backend=backend, limits=_LIMITS, what=keras_model.name)
+    except UnsafeFileError as e:
+        raise ValueError(f"{keras_model.name!r} cannot be converted: {e}") from None
+    arrays = [[] for _ in built.layers]
+    variables = [None] * len(built.layers)
+    for top_name, slots in _graph.group_by_top(built):
+        keras_vars = list(keras_model.get_layer(top_name).weights)
+        if len(keras_vars) != len(slots):
+            raise ValueError(f"layer {top_name!r} has {len(keras_vars)} weights in Keras; jaxmask expects "
+                             f"{len(slots)}.")
+        for (index, _), var in zip(slots, keras_vars):
+            arrays[index].append(np.asarray(var.numpy()))
+            variables[index] = (variables[index] or []) + [var]
+    _graph.fill(built, arrays)
+    model = _graph.finish(built.model)
+    paths = _module_paths(model)
+    bindings = []
+    for (name, _, module), keras_vars in zip(_graph.layers_of(model), variables):
+        for w, var in zip(weights_of(module), keras_vars or []):
+            if var.trainable and isinstance(variable(module, w.attrs), nnx.Param):
+                bindings.append(Binding(_var_name(var), var, paths[id(module)] + tuple(w.attrs)))
+    return model, bindings
 
 
-def _flat(tensors) -> list:
-    return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+def _var_name(var) -> str:
+    return getattr(var, "path", None) or var.name
 
 
-def _check_supported(layer) -> None:
-    kind = type(layer).__name__
-    if kind not in SUPPORTED:
-        raise ValueError(
-            f"layer {layer.name!r} of type {kind} is not supported by parity (supported: {', '.join(SUPPORTED)})."
-        )
-    if kind == "TimeDistributed" and type(layer.layer).__name__ != "Dense":
-        raise ValueError(
-            f"layer {layer.name!r}: TimeDistributed({type(layer.layer).__name__}) is not supported; only "
-            "TimeDistributed(Dense)."
-        )
-    if kind == "Bidirectional":
-        for inner in (layer.forward_layer, layer.backward_layer):
-            if type(inner).__name__ not in ("LSTM", "GRU", "SimpleRNN"):
-                raise ValueError(
-                    f"layer {layer.name!r}: Bidirectional({type(inner).__name__}) is not supported; wrap an LSTM, "
-                    "GRU or SimpleRNN."
-                )
-
-
-def _numpy(variable) -> np.ndarray:
-    return np.array(variable.numpy(), dtype=np.float32)
-
-
-def _activation(layer, value, flavor: str, argument: str = "activation") -> str:
-    """A Keras activation (config value) as a jaxmask activation name."""
-    name = value if isinstance(value, str) else getattr(value, "__name__", None)
-    if isinstance(value, dict):
-        name = value.get("config") if value.get("class_name") == "function" else None
-    if flavor == "tf_keras" and name == "hard_sigmoid":
-        return "hard_sigmoid_legacy"
-    if name not in ACTIVATIONS or name == "hard_sigmoid_legacy":
-        raise ValueError(
-            f"layer {layer.name!r} ({type(layer).__name__}): {argument}={value!r} is not an activation jaxmask models; "
-            f"use one of {sorted(k for k in ACTIVATIONS if k != 'hard_sigmoid_legacy')}."
-        )
-    return name
-
-
-def _check_options(layer) -> None:
-    policy = getattr(layer, "dtype_policy", None)
-    compute = getattr(policy, "compute_dtype", "float32")
-    if compute != "float32":
-        raise ValueError(
-            f"layer {layer.name!r} computes in {compute}; parity compares float32 models (dtype policy "
-            f"{getattr(policy, 'name', policy)!r})."
-        )
-    for option in ("stateful", "time_major"):
-        if getattr(layer, option, False):
-            raise ValueError(
-                f"layer {layer.name!r} ({type(layer).__name__}) has {option}=True, which jaxmask does not model."
-            )
-
-
-def _dense_from_keras(layer, flavor):
-    _check_options(layer)
-    kernel = _numpy(layer.kernel)
-    use_bias = layer.bias is not None
-    ours = _new(jm.nn.Dense, kernel.shape[0], kernel.shape[1],
-                activation=_activation(layer, layer.get_config()["activation"], flavor), use_bias=use_bias)
-    weights = [("kernel", layer.kernel)] + ([("bias", layer.bias)] if use_bias else [])
-    return ours, weights
-
-
-def _rnn_from_keras(layer, flavor, backend):
-    _check_options(layer)
-    kind = type(layer).__name__
-    cfg = layer.get_config()
-    cell = layer.cell
-    kernel = _numpy(cell.kernel)
-    units = int(cfg["units"])
-    kwargs = dict(
-        return_sequences=bool(cfg["return_sequences"]),
-        return_state=bool(cfg["return_state"]),
-        go_backwards=bool(cfg["go_backwards"]),
-        zero_output_for_mask=bool(layer.zero_output_for_mask),
-        activation=_activation(layer, cfg["activation"], flavor),
-        use_bias=bool(cfg["use_bias"]),
-        dropout=float(cfg.get("dropout", 0.0)),
-        recurrent_dropout=float(cfg.get("recurrent_dropout", 0.0)),
-        initial_output="initial_state" if backend == "jax" else "zeros",
-    )
-    if kind != "SimpleRNN":
-        kwargs["recurrent_activation"] = _activation(layer, cfg["recurrent_activation"], flavor, "recurrent_activation")
-    if kind == "LSTM":
-        kwargs["unit_forget_bias"] = bool(cfg.get("unit_forget_bias", True))
-    if kind == "GRU":
-        kwargs["reset_after"] = bool(cfg.get("reset_after", True))
-    ours = _new(getattr(jm.nn, kind), kernel.shape[0], units, **kwargs)
-    weights = [("kernel", cell.kernel), ("recurrent_kernel", cell.recurrent_kernel)]
-    if kwargs["use_bias"]:
-        weights.append(("bias", cell.bias))
-    return ours, weights
+def _module_paths(model) -> dict:
+    return {id(node): tuple(path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
 
 
 def convert_layer(layer, *, flavor: str | None = None, backend: str | None = None):
-    """Convert one Keras layer.
+    """Convert one built Keras layer.
 
     Returns:
-      ``(jaxmask_layer, weights)`` with ``weights`` a list of ``(keras_name, keras_variable, path)`` where
-      ``path`` locates the parameter inside ``jaxmask_layer``; the parameter values are already copied.
+      ``(jaxmask_layer, weights)`` with ``weights`` a list of ``(keras_name, keras_variable, path)`` for the
+      trainable weights, ``path`` locating the parameter inside ``jaxmask_layer``; the values are already copied.
 
     Raises:
       ValueError: unsupported layer type or option (the message names the layer).
     """
     flavor = flavor or flavor_of(layer)
     backend = backend or backend_of(layer)
-    _check_supported(layer)
-    kind = type(layer).__name__
-    if kind in ("LSTM", "GRU", "SimpleRNN"):
-        ours, weights = _rnn_from_keras(layer, flavor, backend)
-        paths = [(f"{layer.name}/{attr}", var, (attr,)) for attr, var in weights]
-    elif kind == "Bidirectional":
-        fw, fw_w = _rnn_from_keras(layer.forward_layer, flavor, backend)
-        bw, bw_w = _rnn_from_keras(layer.backward_layer, flavor, backend)
-        ours = jm.nn.Bidirectional(fw, merge_mode=layer.merge_mode, backward_layer=bw)
-        paths = [(f"{layer.name}/forward/{a}", v, ("forward_layer", a)) for a, v in fw_w]
-        paths += [(f"{layer.name}/backward/{a}", v, ("backward_layer", a)) for a, v in bw_w]
-    elif kind == "Dense":
-        ours, weights = _dense_from_keras(layer, flavor)
-        paths = [(f"{layer.name}/{attr}", var, (attr,)) for attr, var in weights]
-    elif kind == "TimeDistributed":
-        inner, weights = _dense_from_keras(layer.layer, flavor)
-        ours = jm.nn.TimeDistributed(inner)
-        paths = [(f"{layer.name}/{attr}", var, ("layer", attr)) for attr, var in weights]
-    elif kind == "Embedding":
-        _check_options(layer)
-        table = _numpy(layer.embeddings)
-        ours = _new(jm.nn.Embedding, table.shape[0], table.shape[1], mask_zero=bool(layer.mask_zero))
-        paths = [(f"{layer.name}/embeddings", layer.embeddings, ("embeddings",))]
-    elif kind == "Masking":
-        ours, paths = jm.nn.Masking(float(layer.mask_value)), []
-    elif kind == "Dropout":
-        if getattr(layer, "noise_shape", None) is not None:
-            raise ValueError(f"layer {layer.name!r}: Dropout(noise_shape=...) is not supported.")
-        ours, paths = _new(jm.nn.Dropout, float(layer.rate)), []
-    elif kind == "Activation":
-        ours, paths = jm.nn.Activation(_activation(layer, layer.get_config()["activation"], flavor)), []
-    else:  # GlobalAveragePooling1D
-        cfg = layer.get_config()
-        if cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("keepdims", False):
-            raise ValueError(
-                f"layer {layer.name!r}: GlobalAveragePooling1D is supported with data_format='channels_last' and "
-                f"keepdims=False only; received data_format={cfg.get('data_format')!r}, "
-                f"keepdims={cfg.get('keepdims')!r}."
-            )
-        ours, paths = jm.nn.GlobalAveragePooling1D(), []
-    for _, var, path in paths:
-        _assign(ours, path, _numpy(var), layer)
-    if hasattr(ours, "deterministic") or kind in ("Bidirectional", "TimeDistributed"):
-        for module in _modules(ours):
-            if hasattr(module, "deterministic"):
-                module.deterministic = True
-    return ours, paths
+    K = keras_module(flavor)
+    serialised = json.loads(json.dumps(K.layers.serialize(layer), default=_jsonable))
+    entry_json = {k: v for k, v in serialised.items() if k in ("module", "class_name", "config", "registered_name")}
+    replay = _graph.Replay(flavor, backend, _LIMITS)
+    shape = _built_input_shape(layer)
+    try:
+        entry, cfg = _graph.check_layer(entry_json, layer.name)
+        if not hasattr(entry, "build"):
+            raise UnsafeFileError(f"{layer.name}: {type(layer).__name__} is not a layer jaxmask converts.")
+        ours = replay.layer(entry, cfg, layer.name, jm.nn.Input(None, batch_shape=shape))
+    except UnsafeFileError as e:
+        raise ValueError(f"layer {layer.name!r} cannot be converted: {e}") from None
+    keras_vars = list(layer.weights)
+    slots = weights_of(ours)
+    _graph.fill(_graph.Built(ours, [(layer.name, "", ours)], []), [[np.asarray(v.numpy()) for v in keras_vars]])
+    ours = _graph.finish(ours)
+    weights = [(_var_name(v), v, tuple(w.attrs)) for w, v in zip(slots, keras_vars)
+               if v.trainable and isinstance(variable(ours, w.attrs), nnx.Param)]
+    return ours, weights
 
 
-def _modules(layer):
-    yield layer
-    for name in ("forward_layer", "backward_layer", "layer"):
-        if hasattr(layer, name):
-            yield getattr(layer, name)
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"unexpected {type(value).__name__} in a Keras config")
 
 
-def _get(module, path):
-    for key in path:
-        module = module[key] if isinstance(key, int) else getattr(module, key)
-    return module
-
-
-def _assign(module, path, value, layer) -> None:
-    param = _get(module, path)
-    if tuple(param.shape) != tuple(value.shape):
-        raise ValueError(
-            f"layer {layer.name!r}: weight {'/'.join(map(str, path))} has shape {value.shape} in Keras but jaxmask "
-            f"expects {tuple(param.shape)}."
-        )
-    param.set_value(jnp.asarray(value))
+def _built_input_shape(layer) -> tuple:
+    for attr in ("_build_shapes_dict", "_build_input_shape"):
+        shape = getattr(layer, attr, None)
+        if isinstance(shape, dict) and len(shape) == 1:
+            shape = next(iter(shape.values()))
+        if shape is not None and not isinstance(shape, dict):
+            return tuple(None if d is None else int(d) for d in shape)
+    raise ValueError(f"layer {layer.name!r} is not built; call it on a batch first.")
 
 
 # ------------------------------------------------------------------------------------------ jaxmask -> Keras
 
 
 def to_keras(model, *, flavor: str = "keras3", input_shape: tuple | None = None):
-    """Build a Keras model with the architecture and weights of a jaxmask ``Sequential``.
+    """Build a Keras model with the architecture and weights of a jaxmask ``Sequential`` or ``Model``.
 
     Args:
-      model: ``jm.nn.Sequential`` of the layers listed in :mod:`parity.convert`.
+      model: ``jm.nn.Sequential`` or ``jm.nn.Model`` of the layers in ``jaxmask.keras_io.SUPPORTED``.
       flavor: ``"keras3"`` (Keras 3 on the backend this process uses) or ``"tf_keras"``.
-      input_shape: shape of one sample without the batch axis; default ``(None, F)`` (``(None,)`` of
-        int32 when the first layer is an Embedding), F taken from the first layer that knows it.
+      input_shape: for a Sequential, the shape of one sample without the batch axis; default ``(None, F)``
+        (``(None,)`` of int32 when the first layer is an Embedding), F taken from the first layer that knows it.
 
     Returns:
-      A built ``keras.Sequential`` (a ``keras.Model``) whose outputs equal ``model``'s in eval mode.
+      A built ``keras.Sequential`` (for a Sequential) or functional ``keras.Model`` (for a Model) whose outputs
+      equal ``model``'s in eval mode.
 
     Raises:
       ValueError: a layer or option Keras cannot express in this flavor (e.g. jaxmask's
         ``"hard_sigmoid_legacy"`` in Keras 3), or an input shape that cannot be inferred.
+      TypeError: ``model`` is not a Sequential / Model.
       KerasNotInstalled: the reference library is missing.
     """
-    if not isinstance(model, jm.nn.Sequential):
-        raise TypeError(f"`model` must be a jm.nn.Sequential; received {type(model).__name__}.")
     K = keras_module(flavor)
-    layers = list(model.layers)
-    if input_shape is None:
-        input_shape = _infer_input_shape(layers)
-    dtype = "int32" if layers and isinstance(layers[0], jm.nn.Embedding) else "float32"
-    made = [_layer_to_keras(layer, K, flavor) for layer in layers]
-    keras_model = K.Sequential([K.Input(tuple(input_shape), dtype=dtype)] + [k for k, _ in made])
-    for keras_layer, (_, weights) in zip(keras_model.layers, made):
-        if weights:
-            keras_layer.set_weights(weights)
+    builder = _KerasBuilder(K, flavor)
+    if isinstance(model, jm.nn.Sequential):
+        layers = list(model.layers)
+        shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(layers)
+        batch = next((getattr(layer, "batch_size", None) for layer in _flat_layers(layers)
+                      if getattr(layer, "stateful", False)), None)
+        dtype = "int32" if layers and isinstance(layers[0], jm.nn.Embedding) else "float32"
+        keras_model = K.Sequential([K.Input(shape, dtype=dtype, batch_size=batch)]
+                                   + [builder.layer(layer) for layer in layers])
+    elif isinstance(model, jm.nn.Model):
+        keras_model = builder.functional(model)
+    else:
+        raise TypeError(f"`model` must be a jm.nn.Sequential or jm.nn.Model; received {type(model).__name__}.")
+    for ours, theirs in builder.pairs:
+        values = [np.asarray(variable(ours, w.attrs)[...], np.float32) for w in weights_of(ours)]
+        if values:
+            theirs.set_weights(values)
     return keras_model
+
+
+def _flat_layers(layers):
+    for layer in layers:
+        yield layer
+        for attr in ("forward_layer", "layer"):
+            if hasattr(layer, attr):
+                yield getattr(layer, attr)
+
+
+class _KerasBuilder:
+    """Keras layers and models for jaxmask ones; ``pairs`` records (jaxmask layer, Keras layer) for the weights."""
+
+    def __init__(self, K, flavor):
+        self.K, self.flavor, self.pairs = K, flavor, []
+
+    def layer(self, layer):
+        K = self.K
+        if isinstance(layer, jm.nn.Sequential):
+            return K.Sequential([self.layer(x) for x in layer.layers], name=getattr(layer, "name", None))
+        if isinstance(layer, jm.nn.Model):
+            return self.functional(layer)
+        entry = entry_for(layer)
+        where = getattr(layer, "name", None) or entry.keras_class
+        cfg = entry.config(layer, _describe_context(self.flavor, where))
+        if getattr(layer, "name", None):
+            cfg["name"] = layer.name
+        made = getattr(K.layers, entry.keras_class).from_config(cfg)
+        self.pairs.append((layer, made))
+        return made
+
+    def functional(self, model):
+        K, graph = self.K, model.graph
+        values, inputs, made = {}, [], {}
+        for i, (name, shape, dtype) in enumerate(graph.inputs):
+            t = K.Input(batch_shape=tuple(shape), dtype=dtype, name=name)
+            values[("input", i, 0)] = t
+            inputs.append(t)
+        for n, step in enumerate(graph.steps):
+            layer = model.layers[step.layer]
+            leaves = [values[tuple(r)] if isinstance(r, _Ref) else r for r in step.leaves]
+            args, kwargs = jax.tree.unflatten(step.treedef, leaves)
+            kwargs = {k: v for k, v in kwargs.items() if k != "mask"}  # Keras computes the masks itself
+            if isinstance(layer, jm.nn.Op):
+                out = self._op(layer, args)
+            else:
+                if step.layer not in made:
+                    made[step.layer] = self.layer(layer)
+                out = made[step.layer](*args, **kwargs)
+            for j, v in enumerate(jax.tree.leaves(out, is_leaf=lambda v: not isinstance(v, (list, tuple)))):
+                values[("node", n, j)] = v
+        outputs = [values[tuple(r)] for r in graph.outputs]
+        return K.Model(inputs[0] if model.single_input else inputs,
+                       outputs[0] if model.single_output else outputs, name=model.name)
+
+    def _op(self, op, args):
+        if self.flavor == "tf_keras":
+            raise ValueError(f"the graph operation {op.op!r} has no tf_keras layer; convert with flavor='keras3'.")
+        K = self.K
+        out = getattr(K.ops, "convert_to_tensor" if op.op == "identity" else op.op)(*args, **dict(op.options))
+        return K.ops.cast(out, op.dtype) if op.dtype is not None else out
+
+
+def _describe_context(flavor, where) -> Context:
+    ctx = Context(flavor=flavor, where=where)
+
+    def describe(inner):
+        entry = entry_for(inner)
+        out = {"class_name": entry.keras_class,
+               "config": entry.config(inner, dataclasses.replace(ctx, where=f"{where}.{entry.keras_class}"))}
+        return out | ({"module": "keras.layers", "registered_name": None} if flavor == "keras3" else {})
+
+    ctx.describe_layer = describe
+    return ctx
 
 
 def _infer_input_shape(layers) -> tuple:
@@ -367,8 +293,6 @@ def _infer_input_shape(layers) -> tuple:
             return (None,)
         if isinstance(layer, jm.nn.TimeDistributed):
             layer = layer.layer
-        if isinstance(layer, jm.nn.Bidirectional):
-            return (None, layer.in_features)
         if hasattr(layer, "in_features"):
             return (None, layer.in_features)
         if not isinstance(layer, (jm.nn.Masking, jm.nn.Dropout, jm.nn.Activation)):
@@ -376,77 +300,4 @@ def _infer_input_shape(layers) -> tuple:
     raise ValueError("cannot infer the model's input shape from its layers; pass input_shape=(T, F).")
 
 
-def _keras_activation(name, flavor, where):
-    if name is None:
-        return "linear"
-    if not isinstance(name, str):
-        raise ValueError(f"{where}: a callable activation cannot be expressed in Keras; use a Keras activation name.")
-    if name == "hard_sigmoid_legacy":
-        if flavor == "tf_keras":
-            return "hard_sigmoid"
-        raise ValueError(
-            f"{where}: 'hard_sigmoid_legacy' (Keras <= 2.x) has no Keras 3 equivalent; use flavor='tf_keras'."
-        )
-    if name == "hard_sigmoid" and flavor == "tf_keras":
-        raise ValueError(f"{where}: Keras 3's 'hard_sigmoid' (relu6(x + 3) / 6) has no tf_keras equivalent.")
-    return name
-
-
-def _rnn_to_keras(layer, K, flavor):
-    kind = type(layer).__name__
-    where = f"{kind}(units={layer.units})"
-    kwargs = dict(
-        return_sequences=layer.return_sequences, return_state=layer.return_state, go_backwards=layer.go_backwards,
-        zero_output_for_mask=layer.zero_output_for_mask, activation=_keras_activation(layer.activation, flavor, where),
-        use_bias=layer.use_bias, dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout,
-    )
-    if kind != "SimpleRNN":
-        kwargs["recurrent_activation"] = _keras_activation(layer.recurrent_activation, flavor, where)
-    if kind == "LSTM":
-        kwargs["unit_forget_bias"] = layer.unit_forget_bias
-    if kind == "GRU":
-        kwargs["reset_after"] = layer.reset_after
-    weights = [np.asarray(layer.kernel[...]), np.asarray(layer.recurrent_kernel[...])]
-    if layer.bias is not None:
-        weights.append(np.asarray(layer.bias[...]))
-    return getattr(K.layers, kind)(layer.units, **kwargs), weights
-
-
-def _dense_to_keras(layer, K, flavor):
-    where = f"Dense({layer.units})"
-    weights = [np.asarray(layer.kernel[...])] + ([np.asarray(layer.bias[...])] if layer.bias is not None else [])
-    return K.layers.Dense(
-        layer.units, activation=_keras_activation(layer.activation, flavor, where), use_bias=layer.bias is not None
-    ), weights
-
-
-def _layer_to_keras(layer, K, flavor):
-    """(unbuilt Keras layer, weights in Keras' ``set_weights`` order)."""
-    if isinstance(layer, (jm.nn.LSTM, jm.nn.GRU, jm.nn.SimpleRNN)):
-        return _rnn_to_keras(layer, K, flavor)
-    if isinstance(layer, jm.nn.Bidirectional):
-        fw, fw_w = _rnn_to_keras(layer.forward_layer, K, flavor)
-        bw, bw_w = _rnn_to_keras(layer.backward_layer, K, flavor)
-        return K.layers.Bidirectional(fw, merge_mode=layer.merge_mode, backward_layer=bw), fw_w + bw_w
-    if isinstance(layer, jm.nn.Dense):
-        return _dense_to_keras(layer, K, flavor)
-    if isinstance(layer, jm.nn.TimeDistributed):
-        if not isinstance(layer.layer, jm.nn.Dense):
-            raise ValueError(
-                f"TimeDistributed({type(layer.layer).__name__}) cannot be converted; only TimeDistributed(Dense)."
-            )
-        inner, weights = _dense_to_keras(layer.layer, K, flavor)
-        return K.layers.TimeDistributed(inner), weights
-    if isinstance(layer, jm.nn.Embedding):
-        return K.layers.Embedding(layer.input_dim, layer.output_dim, mask_zero=layer.mask_zero), [
-            np.asarray(layer.embeddings[...])
-        ]
-    if isinstance(layer, jm.nn.Masking):
-        return K.layers.Masking(mask_value=layer.mask_value), []
-    if isinstance(layer, jm.nn.Dropout):
-        return K.layers.Dropout(layer.rate), []
-    if isinstance(layer, jm.nn.Activation):
-        return K.layers.Activation(_keras_activation(layer.activation, flavor, "Activation")), []
-    if isinstance(layer, jm.nn.GlobalAveragePooling1D):
-        return K.layers.GlobalAveragePooling1D(), []
-    raise ValueError(f"layer {type(layer).__name__} cannot be converted to Keras (supported: {', '.join(SUPPORTED)}).")
+__all__ = ["Binding", "REGISTRY", "SUPPORTED", "convert", "convert_layer", "from_keras", "to_keras"]

@@ -13,3 +13,8 @@ from jaxmask.nn._recurrent import LSTM as LSTM
 from jaxmask.nn._recurrent import Bidirectional as Bidirectional
 from jaxmask.nn._recurrent import SimpleRNN as SimpleRNN
 from jaxmask.nn._sequential import Sequential as Sequential
+from jaxmask.nn._graph import Input as Input
+from jaxmask.nn._graph import KerasTensor as KerasTensor
+from jaxmask.nn._model import Model as Model
+from jaxmask.nn._recurrent import RNNState as RNNState
+from jaxmask.nn._ops import Op as Op

@@ -10,6 +10,7 @@ from flax import nnx
 
 from jaxmask._checks import check_mask, check_rank
 from jaxmask.functional.rnn import get_activation
+from jaxmask.nn._graph import symbolic
 
 _INITIALIZERS = {
     "glorot_uniform": jax.nn.initializers.glorot_uniform(),
@@ -86,8 +87,9 @@ def dropout_keep_mask(key, rate: float, shape) -> jax.Array:
     return (bits < jnp.uint32(threshold)).reshape(shape)
 
 
-def as_input(x, layer: str, rank: int = 3, layout: str = "[B, T, F]"):
-    """Turn ``x`` into an array of the given rank, with a clear error for ragged lists and wrong ranks."""
+def as_input(x, layer: str, rank: int = 3, layout: str = "[B, T, F]", dtype: str | None = None):
+    """Turn ``x`` into an array of the given rank, with a clear error for ragged lists, wrong ranks and (with
+    ``dtype="float"``) non-float inputs."""
     if isinstance(x, (list, tuple)):
         try:
             x = np.asarray(x, dtype=np.float32)
@@ -100,11 +102,26 @@ def as_input(x, layer: str, rank: int = 3, layout: str = "[B, T, F]"):
     if not hasattr(x, "shape"):
         raise TypeError(f"{layer}: `x` must be an array of layout {layout}; received {type(x).__name__}.")
     check_rank("x", x, rank, layout, hint=f"({layer} input)")
+    if dtype == "float" and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{layer}: `x` must hold floating-point values (float32); received dtype {x.dtype}. Feed "
+                        "token ids through jm.nn.Embedding first, or cast with x.astype('float32').")
     return jnp.asarray(x)
 
 
 class Layer(nnx.Module):
-    """Base: a layer maps ``(x, mask)`` to outputs and passes the mask on as Keras does."""
+    """Base: a layer maps ``(x, mask)`` to outputs and passes the mask on as Keras does.
+
+    Called on symbolic tensors (``jm.nn.Input`` and what layers return for them) a layer records a node of a
+    functional ``jm.nn.Model`` instead of computing: every subclass's ``__call__`` is wrapped for that.
+    ``name`` is the layer's Keras name when it came from Keras (``None`` otherwise).
+    """
+
+    name: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            cls.__call__ = symbolic(cls.__dict__["__call__"])
 
     def compute_output_mask(self, x, mask):
         """The mask Keras passes to the next layer: unchanged by default (Dense, Dropout, Activation)."""
@@ -128,7 +145,7 @@ class Masking(Layer):
         return jnp.any(x != self.mask_value, axis=-1)
 
     def __call__(self, x, mask=None):
-        x = as_input(x, "Masking")
+        x = as_input(x, "Masking", dtype="float")
         m = jnp.any(x != self.mask_value, axis=-1)
         return jnp.where(m[:, :, None], x, jnp.zeros((), x.dtype))
 
@@ -220,19 +237,23 @@ class Dropout(Layer):
 
 
 class GlobalAveragePooling1D(Layer):
-    """Masked mean over time: [B, T, F] -> [B, F], y = Σ_t m x / Σ_t m; consumes the mask.
+    """Masked mean over time: [B, T, F] -> [B, F] ([B, 1, F] with ``keepdims``), y = Σ_t m x / Σ_t m; consumes the
+    mask.
 
     A fully masked row gives 0 (Keras gives NaN there: 0/0). Keras equivalent:
-    ``keras.layers.GlobalAveragePooling1D()``.
+    ``keras.layers.GlobalAveragePooling1D(keepdims=False)``.
     """
 
+    def __init__(self, keepdims: bool = False):
+        self.keepdims = bool(keepdims)
+
     def __call__(self, x, mask=None):
-        x = as_input(x, "GlobalAveragePooling1D")
+        x = as_input(x, "GlobalAveragePooling1D", dtype="float")
         if mask is None:
-            return jnp.mean(x, axis=1)
+            return jnp.mean(x, axis=1, keepdims=self.keepdims)
         m = check_mask(mask, x.shape[:2])[:, :, None]
-        total = jnp.sum(jnp.where(m, x, jnp.zeros((), x.dtype)), axis=1)
-        count = jnp.sum(m, axis=1).astype(x.dtype)
+        total = jnp.sum(jnp.where(m, x, jnp.zeros((), x.dtype)), axis=1, keepdims=self.keepdims)
+        count = jnp.sum(m, axis=1, keepdims=self.keepdims).astype(x.dtype)
         return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.zeros((), x.dtype))
 
     def compute_output_mask(self, x, mask):

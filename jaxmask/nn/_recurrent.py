@@ -12,12 +12,19 @@ from jaxmask.functional import rnn as F
 from jaxmask.nn._core import Layer, as_input, dropout_keep_mask, keras_init, rng_stream
 
 _KERAS_DOC = """
+    ``stateful=True`` (with ``batch_size=B``) carries the final state of each call into the next, row by row, as
+    Keras does: under a mask that is the state after each row's last valid step, so a long sequence fed in
+    chunks gives what one call on the whole gives. ``reset_states()`` zeroes it.
     What a masked step outputs: the previous step's output (0 before the first valid step), or 0 with
     ``zero_output_for_mask=True``; every state is held. Padded inputs never reach the cell, so NaN/Inf in
     padding cannot leak. ``go_backwards=True`` processes the whole padded sequence reversed and returns
     outputs in that reversed order, while the output mask passed on is the *input* mask, unreversed
     (Keras' behaviour, reproduced on purpose).
 """
+
+
+class RNNState(nnx.Variable):
+    """The carried state of a stateful recurrent layer: [n_states, B, H] (h, then c for an LSTM)."""
 
 
 class _RNN(Layer):
@@ -41,6 +48,8 @@ class _RNN(Layer):
         unroll: int | bool = 1,
         initial_output: str = "zeros",
         remat: bool = False,
+        stateful: bool = False,
+        batch_size: int | None = None,
         rngs: nnx.Rngs,
     ):
         for name, value in (("in_features", in_features), ("units", units)):
@@ -50,6 +59,10 @@ class _RNN(Layer):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1); received {value!r}.")
         check_choice("initial_output", initial_output, {"zeros", "initial_state"})
+        if stateful and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
+                         or batch_size < 1):
+            raise ValueError(f"`stateful=True` needs the fixed batch size the state is kept for: pass "
+                             f"batch_size=B (a positive int); received batch_size={batch_size!r}.")
         F.get_activation(activation, "activation")
         self.in_features = int(in_features)
         self.units = int(units)
@@ -64,6 +77,8 @@ class _RNN(Layer):
         self.unroll = unroll
         self.initial_output = initial_output
         self.remat = remat
+        self.stateful = bool(stateful)
+        self.batch_size = int(batch_size) if stateful else None
         self.deterministic = False
         self.rngs = rng_stream(rngs)
         g = self._gates * self.units
@@ -73,6 +88,10 @@ class _RNN(Layer):
             self.bias = nnx.Param(self._initial_bias())
         else:
             self.bias = nnx.data(None)
+        if self.stateful:
+            self.states = RNNState(jnp.zeros((self.state_size, self.batch_size, self.units), jnp.float32))
+        else:
+            self.states = nnx.data(None)
 
     # subclasses: cell() and _initial_bias()
     def _initial_bias(self):
@@ -95,7 +114,7 @@ class _RNN(Layer):
         """Constructor arguments (without ``rngs``): enough to build a twin layer."""
         keys = (
             "in_features units return_sequences return_state go_backwards zero_output_for_mask activation "
-            "use_bias dropout recurrent_dropout unroll initial_output remat"
+            "use_bias dropout recurrent_dropout unroll initial_output remat stateful batch_size"
         ).split()
         return {k: getattr(self, k) for k in keys} | self._extra_config()
 
@@ -120,15 +139,19 @@ class _RNN(Layer):
         Args:
           x: [B, T, F] with F = ``in_features``.
           mask: bool [B, T], True = valid step, or None.
-          initial_state: None (zeros) or a list of [B, H] arrays, one per state.
+          initial_state: None (zeros, or the carried state when ``stateful``) or a list of [B, H] arrays, one
+            per state.
 
         Returns:
           [B, T, H] if ``return_sequences`` else [B, H]; with ``return_state`` a tuple
           ``(outputs, *final_states)``.
         """
         name = type(self).__name__
-        x = as_input(x, name)
+        x = as_input(x, name, dtype="float")
         b, t, f = x.shape
+        if self.stateful and b != self.batch_size:
+            raise ValueError(f"{name}(stateful=True, batch_size={self.batch_size}) received a batch of {b} rows "
+                             f"(x.shape={x.shape}); a stateful layer keeps one state per row of a fixed batch.")
         if f != self.in_features:
             raise ValueError(
                 f"{name}(in_features={self.in_features}) received x with {f} features (x.shape={x.shape}); "
@@ -139,7 +162,10 @@ class _RNN(Layer):
         if mask is not None:
             mask = check_mask(mask, (b, t))
         cell = self.cell()
-        state = self._initial_state(initial_state, b, x.dtype, len(cell.state_names))
+        if self.stateful and initial_state is None:
+            state = tuple(self.states[...].astype(x.dtype))
+        else:
+            state = self._initial_state(initial_state, b, x.dtype, len(cell.state_names))
         in_dp, rec_dp = self._dropout_masks(b, x.dtype)
         outputs, last, final = F.masked_scan(
             cell,
@@ -155,8 +181,22 @@ class _RNN(Layer):
             unroll=self.unroll,
             remat=self.remat,
         )
+        if self.stateful:
+            self.states[...] = jnp.stack(final).astype(self.states.dtype)
         y = outputs if self.return_sequences else last
         return (y, *final) if self.return_state else y
+
+    def reset_states(self, states=None) -> None:
+        """Set the carried state of a stateful layer to zeros (or to ``states``, a list of [B, H] arrays).
+
+        Keras equivalent: ``layer.reset_states()``.
+        """
+        if not self.stateful:
+            raise ValueError(f"{type(self).__name__}.reset_states() needs stateful=True.")
+        if states is None:
+            self.states[...] = jnp.zeros_like(self.states[...])
+        else:
+            self.states[...] = jnp.stack(self._initial_state(states, self.batch_size, jnp.float32, self.state_size))
 
     def _initial_state(self, initial_state, batch, dtype, n):
         name = type(self).__name__
@@ -306,7 +346,7 @@ class Bidirectional(Layer):
                     f"`backward_layer` must be a jm.nn LSTM, GRU or SimpleRNN; "
                     f"received {type(backward_layer).__name__}."
                 )
-            for attr in ("return_sequences", "return_state", "in_features"):
+            for attr in ("return_sequences", "return_state", "in_features", "stateful"):
                 if getattr(backward_layer, attr) != getattr(forward_layer, attr):
                     raise ValueError(
                         f"`backward_layer.{attr}` must equal `forward_layer.{attr}` = "
@@ -326,6 +366,15 @@ class Bidirectional(Layer):
         self.return_sequences = seq
         self.return_state = forward_layer.return_state
         self.in_features = forward_layer.in_features
+
+    @property
+    def stateful(self) -> bool:
+        return self.forward_layer.stateful
+
+    def reset_states(self) -> None:
+        """Zero both directions' carried states. Keras equivalent: ``layer.reset_states()``."""
+        self.forward_layer.reset_states()
+        self.backward_layer.reset_states()
 
     @property
     def units(self) -> int:

@@ -27,6 +27,8 @@ class Sequential(Layer):
         y, mask = model(x)       # y [B, T, 1], mask bool [B, T]
     """
 
+    returns_mask = True
+
     def __init__(self, layers):
         layers = list(layers)
         for i, layer in enumerate(layers):
