@@ -20,12 +20,14 @@ Inf written into padding changes neither the outputs at valid steps nor any grad
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask.functional import cudnn
 from jaxmask.functional import fused as fused_lstm
 
 Array = jax.Array
@@ -211,6 +213,8 @@ def masked_scan(
     unroll: int | bool = 1,
     fused: bool = True,
     remat: bool = False,
+    use_cudnn: bool | str = "auto",
+    cudnn_kernel: Callable | None = None,
 ) -> tuple[Array, Array, tuple[Array, ...]]:
     """Run ``cell`` over time under a mask, exactly as Keras' ``backend.rnn`` does.
 
@@ -240,12 +244,28 @@ def masked_scan(
         (same numbers, faster gradients); ``False`` differentiates the plain scan.
       remat: recompute gates in the backward pass instead of storing them (fused LSTM only; for
         very long sequences).
+      use_cudnn: ``"auto"`` (Keras' default) runs the standard LSTM through cuDNN when lowered for a CUDA
+        GPU and the mask has one contiguous run of valid steps per row (post- or pre-padding; holes run
+        the scan); never on CPU. ``True`` requires the path (``ValueError`` where it cannot run),
+        ``False`` never takes it. Same numbers either way: see :mod:`jaxmask.functional.cudnn`.
+      cudnn_kernel: stand-in for the cuDNN kernel (tests: ``cudnn.reference_lstm_kernel`` on CPU).
 
     Returns:
       ``(outputs [B, T, H], last_output [B, H], final_state)`` where ``last_output = outputs[:, -1]``
       (0 under post-padding with ``zero_output_for_mask=True``, as Keras) and ``final_state`` holds the
       state of the last valid step.
+
+    Raises:
+      ValueError: ``use_cudnn`` is not ``"auto"``, True or False, or is True where cuDNN cannot run.
     """
+    path = cudnn.plan(use_cudnn, cell.name, params, x, initial_state, recurrent_dropout, cudnn_kernel)
+    if path is not None:
+        options = dict(go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask,
+                       initial_output=initial_output, input_dropout=input_dropout)
+        scan = functools.partial(masked_scan, cell, params, x, mask, initial_state, **options, unroll=unroll,
+                                 fused=fused, remat=remat, use_cudnn=False)
+        return cudnn.masked_lstm(path[0], params, x, mask, tuple(initial_state), scan=scan, platforms=path[1],
+                                 **options)
     if mask is not None:
         x = jnp.where(mask[:, :, None], x, jnp.zeros((), x.dtype))
     if input_dropout is not None:
