@@ -139,8 +139,9 @@ class Replay:
 
     _batch = None
 
-    def layer(self, entry, cfg, where, first):
-        """Build a layer for its first call, whose first argument is ``first`` (a symbol or a list of them)."""
+    def layer(self, entry, cfg, where, first, args=()):
+        """Build a layer for its first call, whose first argument is ``first`` (a symbol or a list of them) and
+        whose positional arguments are ``args``."""
         if isinstance(first, (list, tuple)) and first and all(isinstance(v, KerasTensor) for v in first):
             shape, batch = [v.shape[1:] for v in first], first[0].shape[0]
         elif isinstance(first, KerasTensor):
@@ -148,7 +149,9 @@ class Replay:
         else:
             shape, batch = None, None
         self._batch = batch
-        return self._make(entry, cfg, self.context(where, shape, batch))
+        ctx = self.context(where, shape, batch)
+        ctx.arg_shapes = tuple(v.shape[1:] if isinstance(v, KerasTensor) else None for v in args)
+        return self._make(entry, cfg, ctx)
 
     # ------------------------------------------------------------------------------------------- models
 
@@ -180,7 +183,7 @@ class Replay:
         for key in kwargs:
             if key not in entry.call_kwargs:
                 refuse(f"{where}: call argument {key!r:.80} of {entry.keras_class} is not supported.")
-        return self.layer(entry, cfg, where, args[0] if args else None), args, kwargs
+        return self.layer(entry, cfg, where, args[0] if args else None, args), args, kwargs
 
     def _sequential(self, cfg_json, inner, where, depth):
         layers_json = list(enumerate(inner["layers"]))

@@ -56,6 +56,8 @@ class Context:
       rngs: the ``nnx.Rngs`` to build modules with (their weights are overwritten afterwards).
       build_layer: ``build_layer(serialised_layer, input_shape, where) -> module`` for wrapped layers.
       describe_layer: ``describe_layer(module) -> {"class_name", "config"}`` for wrapped layers.
+      arg_shapes: shapes without the batch axis of the first call's positional arguments (after ``adapt_call``;
+        None for a non-tensor argument), for layers whose weights depend on several inputs (MultiHeadAttention).
     """
 
     flavor: str = "keras3"
@@ -66,6 +68,7 @@ class Context:
     rngs: Any = None
     build_layer: Callable | None = None
     describe_layer: Callable | None = None
+    arg_shapes: tuple = ()
 
     def activation(self, keras_name: str) -> str:
         """jaxmask's activation for a Keras name: ``hard_sigmoid`` of Keras <= 2 (tf_keras) is clip(0.2 x + 0.5)."""

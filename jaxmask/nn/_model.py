@@ -245,7 +245,8 @@ def _masks_for(layer, step, masks, kwargs):
     arg_mask = mask_of(first) if first is not None else None
     if "mask" in kwargs_refs:
         arg_mask = explicit
-    for k, tree in kwargs_refs.items():
+    names = [p for p in params if p != "self"]
+    for k, tree in [*zip(names[1:], args_refs[1:]), *kwargs_refs.items()]:  # Keras: `<arg>_mask` per tensor arg
         key = f"{k}_mask"
         if k != "mask" and key in params and key not in kwargs:
             m = mask_of(tree)
