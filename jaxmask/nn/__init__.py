@@ -18,14 +18,3 @@ from jaxmask.nn._graph import KerasTensor as KerasTensor
 from jaxmask.nn._model import Model as Model
 from jaxmask.nn._recurrent import RNNState as RNNState
 from jaxmask.nn._ops import Op as Op
-from jaxmask.nn._normalization import BatchNormalization as BatchNormalization
-from jaxmask.nn._normalization import LayerNormalization as LayerNormalization
-from jaxmask.nn._normalization import UnitNormalization as UnitNormalization
-from jaxmask.nn._convolution import AveragePooling1D as AveragePooling1D
-from jaxmask.nn._convolution import Conv1D as Conv1D
-from jaxmask.nn._convolution import Cropping1D as Cropping1D
-from jaxmask.nn._convolution import GlobalMaxPooling1D as GlobalMaxPooling1D
-from jaxmask.nn._convolution import MaxPooling1D as MaxPooling1D
-from jaxmask.nn._convolution import SeparableConv1D as SeparableConv1D
-from jaxmask.nn._convolution import UpSampling1D as UpSampling1D
-from jaxmask.nn._convolution import ZeroPadding1D as ZeroPadding1D

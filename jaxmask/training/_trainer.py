@@ -413,7 +413,7 @@ class Trainer:
             if not isinstance(cb, Callback):
                 raise TypeError(f"`callbacks` must hold jm.training.Callback objects; received {type(cb).__name__}.")
         backups = [cb for cb in user if isinstance(cb, BackupAndRestore)]
-        bars = [ProgressBar(per_step=verbose == 1)] if verbose else []
+        bars = [ProgressBar(per_step=verbose == 1)] if verbose and jax.process_index() == 0 else []
         cbs = [history] + [cb for cb in user if cb not in backups] + bars + backups
         self.global_step = int(self.state.step)
         self.start_epoch, self.start_batch, self.resumed = int(initial_epoch), 0, False
@@ -519,9 +519,10 @@ class Trainer:
     # -------------------------------------------------------------------------------------- backups
 
     def write_backup(self, manager: ckpt.CheckpointManager, position: tuple[int, int]) -> str:
-        """Save everything a resumed ``fit`` needs at ``position`` = (epoch, next batch index)."""
-        arrays, state_paths = ckpt.flatten_tree(self.state, "state")
-        entries, seen = [], {}
+        """Save everything a resumed ``fit`` needs at ``position`` = (epoch, next batch index): the orbax item
+        ``state`` (the whole :class:`TrainState`, sharded as it is), one item per callback pytree, and JSON metadata
+        (position, step, run fingerprint, callbacks' state). Every process calls it."""
+        items, entries, seen = {"state": self.state}, [], {}
         for i, cb in enumerate(self._fit["callbacks"]):
             name = type(cb).__name__
             occurrence = seen.get(name, 0)
@@ -529,33 +530,29 @@ class Trainer:
             meta, trees = cb.get_state()
             stored = {}
             for tree_name, tree in trees.items():
-                prefix = f"cb{i}.{tree_name}"
-                tree_arrays, paths = ckpt.flatten_tree(tree, prefix)
-                arrays.update(tree_arrays)
-                stored[tree_name] = {"prefix": prefix, "paths": paths}
+                stored[tree_name] = f"cb{i}-{tree_name}"
+                items[stored[tree_name]] = tree
             entries.append({"class": name, "occurrence": occurrence, "state": meta, "trees": stored})
         meta = {
-            "format": 1,
+            "format": 2,
             "position": [int(position[0]), int(position[1])],
             "global_step": self.global_step,
             "start_step": self._fit["start_step"],
             "fingerprint": self._fit["fingerprint"],
-            "state_paths": state_paths,
             "callbacks": entries,
         }
-        return manager.save(f"e{position[0]:06d}_b{position[1]:09d}", arrays, meta)
+        return manager.save(f"e{position[0]:06d}_b{position[1]:09d}", items, meta)
 
-    def load_backup(self, arrays: dict, meta: dict) -> None:
-        """Restore a backup written by :meth:`write_backup` into this ``fit`` call."""
+    def load_backup(self, checkpoint: ckpt.Checkpoint, meta: dict) -> None:
+        """Restore a backup written by :meth:`write_backup` into this ``fit`` call (arrays straight onto the mesh)."""
         expected = self._fit["fingerprint"]
-        if meta.get("format") != 1 or meta["fingerprint"] != expected:
+        if meta.get("format") != 2 or meta["fingerprint"] != expected:
             raise ValueError(
                 f"The backup was written by a different run: it has {meta.get('fingerprint')}, this fit call has "
                 f"{expected}. Resume with the same data, batch_size, seed, shuffle and bucketing, or delete the backup "
                 "directory to start over."
             )
-        state = ckpt.unflatten_like(self.state, arrays, meta["state_paths"], "state")
-        self.state = self._base.replicate(jax.tree_util.tree_map(jnp.asarray, state))
+        self.state = checkpoint.restore("state", self.state)
         self.global_step = int(meta["global_step"])
         self._fit["start_step"] = int(meta["start_step"])
         self.start_epoch, self.start_batch = (int(v) for v in meta["position"])
@@ -571,10 +568,8 @@ class Trainer:
                 continue
 
             def load(tree_name, template, entry=entry):
-                stored = entry["trees"].get(tree_name)
-                if stored is None:
-                    return None
-                return ckpt.unflatten_like(template, arrays, stored["paths"], stored["prefix"])
+                item = entry["trees"].get(tree_name)
+                return None if item is None else checkpoint.restore(item, template)
 
             cb.set_state(entry["state"], load)
         self._push()
@@ -700,5 +695,5 @@ def load_weights(model, path) -> None:
       ValueError: the checkpoint is incomplete/corrupt or does not fit the model.
     """
     _, params, _, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    tree = ckpt.load_tree(path, {"params": params, "other": other})
+    tree = ckpt.load_tree(path, jax.device_get({"params": params, "other": other}))
     nnx.update(model, jax.tree_util.tree_map(jnp.asarray, tree["params"]), jax.tree_util.tree_map(jnp.asarray, tree["other"]))

@@ -1,9 +1,9 @@
 """A training run for the resume tests, meant to be killed: ``python _resume_worker.py WORKDIR KILL``.
 
 KILL is ``none``; ``step:N`` (SIGKILL itself after global step N, mid-epoch); ``save-partial:K`` (SIGKILL
-while writing the K-th backup of this process, half of arrays.npz on disk); ``save-rename:K`` (SIGKILL
-after the K-th backup is fully written and fsync'ed, just before its rename). On success it writes
-WORKDIR/final.npz (parameters and optimizer state) and WORKDIR/history.json.
+while writing the K-th backup of this process: orbax's items written, half of meta.json on disk);
+``save-rename:K`` (SIGKILL after the K-th backup is fully written and fsync'ed, just before its rename).
+On success it writes WORKDIR/final.npz (parameters and optimizer state) and WORKDIR/history.json.
 """
 
 import json
@@ -19,7 +19,7 @@ import optax  # noqa: E402
 
 import jaxmask as jm  # noqa: E402
 from jaxmask.training import _checkpoint  # noqa: E402
-from tests.training.helpers import running_sum_data, seed_model  # noqa: E402
+from tests.training.helpers import flat_host_arrays, running_sum_data, seed_model  # noqa: E402
 
 
 def die():
@@ -43,7 +43,7 @@ def main(workdir, kill):
         write_file, rename = _checkpoint._write_file, os.rename
 
         def patched_write(path, data):
-            if path.endswith("arrays.npz") and "/backup/" in path:
+            if path.endswith("meta.json") and "/backup/" in path:
                 saves["n"] += 1
                 if mode == "save-partial" and saves["n"] == count:
                     with open(path, "wb") as f:
@@ -54,7 +54,7 @@ def main(workdir, kill):
             write_file(path, data)
 
         def patched_rename(src, dst):
-            if mode == "save-rename" and "/backup/.tmp-" in src and saves["n"] == count:
+            if mode == "save-rename" and os.path.basename(src).startswith(".tmp-") and saves["n"] == count:
                 die()
             rename(src, dst)
 
@@ -72,7 +72,7 @@ def main(workdir, kill):
     history = trainer.fit(
         (x, mask), y, batch_size=16, epochs=3, validation_split=0.2, callbacks=callbacks, verbose=0
     )
-    arrays, _ = _checkpoint.flatten_tree((trainer.state.params, trainer.state.opt_state, trainer.state.step), "s")
+    arrays = flat_host_arrays((trainer.state.params, trainer.state.opt_state, trainer.state.step))
     np.savez(os.path.join(workdir, "final.npz"), **arrays)
     with open(os.path.join(workdir, "history.json"), "w") as f:
         json.dump({"history": history.history, "epoch": history.epoch, "devices": jax.device_count()}, f)

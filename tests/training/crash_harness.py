@@ -16,7 +16,7 @@ reference, bit for bit. Each kill is one of (drawn with a seeded ``numpy.random.
 * ``delete:N``: while the finished run deletes its backups, after N files (the newest checkpoint first).
 
 Before every restart the expected resume point is computed here, independently of jaxmask: the newest
-checkpoint directory whose three files exist and match the SHA-256 digests in its COMMIT file. The restarted
+checkpoint directory whose files are exactly those its COMMIT file lists, with matching SHA-256 digests. The restarted
 worker must report that it restored exactly that checkpoint (or started fresh when there is none), and, unless
 a ``delete`` kill removed files, that checkpoint must be the last one whose rename the events showed.
 """
@@ -77,19 +77,22 @@ def read_events(path: str) -> list[tuple[float, str]]:
 
 
 def committed(directory: str) -> bool:
-    """The checkpoint format's own rule, re-implemented: COMMIT lists arrays.npz and meta.json with their
-    SHA-256 digests, and both files exist with those digests."""
+    """The checkpoint format's own rule, re-implemented: COMMIT maps the relative path of every other file in the
+    directory (meta.json and the orbax items' files) to its SHA-256 digest, and every digest matches."""
     try:
         with open(os.path.join(directory, "COMMIT"), "rb") as f:
             digests = json.loads(f.read())
-        if sorted(digests) != ["arrays.npz", "meta.json"]:
+        on_disk = sorted(
+            os.path.relpath(os.path.join(base, name), directory) for base, _, names in os.walk(directory) for name in names
+        )
+        if "meta.json" not in digests or sorted(digests) != [p for p in on_disk if p != "COMMIT"]:
             return False
         for name, digest in digests.items():
             with open(os.path.join(directory, name), "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != digest:
                     return False
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
 
 

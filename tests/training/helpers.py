@@ -52,3 +52,8 @@ def majority_baseline(y, mask):
     valid = y[..., 0][mask]
     p = valid.mean()
     return max(p, 1 - p)
+
+
+def flat_host_arrays(tree, prefix="s"):
+    """``{f"{prefix}.{i}": host NumPy copy of leaf i}`` (for np.savez of a final training state in the workers)."""
+    return {f"{prefix}.{i}": np.asarray(jax.device_get(leaf)) for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}

@@ -9,17 +9,17 @@ import pytest
 from jaxmask.training import _checkpoint as ckpt
 from tests.training.crash_harness import MID_SAVE, campaign
 
-# One kill at each of the most dangerous moments: a half-written arrays.npz, a timed kill from outside, a
+# One kill at each of the most dangerous moments: a torn orbax item, a timed kill from outside, a
 # complete but unrenamed checkpoint, an old checkpoint half pruned, the newest checkpoint losing its COMMIT
 # while the finished run deletes its backups.
-FIXED_PLANS = ["save:arrays-partial:2", "timed:0.5", "save:fsync-tmp:3", "save:prune-partial:3", "delete:1"]
+FIXED_PLANS = ["save:state-partial:2", "timed:0.5", "save:fsync-tmp:3", "save:prune-partial:3", "delete:1"]
 
 
 def test_five_kills_resume_bit_exact(tmp_path):
     summary = campaign(5, seed=0, root=str(tmp_path), plans=FIXED_PLANS, log=lambda *_: None)
     assert summary["kills"] == 5
     staged = [a["landed"] for a in summary["attempts"] if a["plan"].startswith(("save:", "delete:"))]
-    assert staged == ["save:arrays-partial", "save:fsync-tmp", "save:prune-partial", "delete-begin"]
+    assert staged == ["save:state-partial", "save:fsync-tmp", "save:prune-partial", "delete-begin"]
     assert summary["kills_mid_save"] >= 3
     assert summary["attempts"][-1]["resumed_from"] != "fresh"  # resumed from the previous, intact checkpoint
 
@@ -39,7 +39,7 @@ def test_pruning_keeps_new_checkpoints_below_stale_broken_ones(tmp_path):
     manager = ckpt.CheckpointManager(tmp_path, max_to_keep=2)
     (tmp_path / "e000002_b000000006").mkdir()  # everything deleted but the directory
     (tmp_path / "e000002_b000000005").mkdir()
-    (tmp_path / "e000002_b000000005" / "meta.json").write_text("{}")  # COMMIT and arrays.npz deleted
+    (tmp_path / "e000002_b000000005" / "meta.json").write_text("{}")  # COMMIT and the orbax item deleted
     for step in range(1, 4):
         manager.save(f"e000000_b{step:09d}", {"w.0": np.full(2, step)}, {"step": step})
     assert manager.names()[:2] == ["e000000_b000000002", "e000000_b000000003"]
