@@ -123,7 +123,7 @@ def symbolic_call(layer, call, args, kwargs):
     for fill in _PLACEHOLDERS:
         a, k = _abstract((args, kwargs), fill)
         try:
-            out = nnx.eval_shape(lambda m, a, k: call(m, *a, **k), layer, a, k)
+            out = nnx.eval_shape(*_static_call(call, layer, (a, k)))
         except (ValueError, TypeError) as e:
             raise type(e)(f"{type(layer).__name__} called on {_describe(args)}: {e}") from None
         if getattr(layer, "returns_mask", False):
@@ -138,6 +138,22 @@ def symbolic_call(layer, call, args, kwargs):
         outputs.append(KerasTensor(shape, x.dtype, node, i))
     node.outputs = tuple(outputs)
     return jax.tree.unflatten(treedef, outputs)
+
+
+def _static_call(call, layer, tree):
+    """``(fn, layer, arrays)`` for ``nnx.eval_shape``: only the abstract tensors of ``tree`` are traced; Python values
+    (flags such as ``use_causal_mask``) stay static, as they are in an eager call."""
+    leaves, treedef = jax.tree.flatten(tree)
+    where = [i for i, v in enumerate(leaves) if isinstance(v, jax.ShapeDtypeStruct)]
+
+    def fn(m, arrays):
+        full = list(leaves)
+        for i, x in zip(where, arrays):
+            full[i] = x
+        a, k = jax.tree.unflatten(treedef, full)
+        return call(m, *a, **k)
+
+    return fn, layer, [leaves[i] for i in where]
 
 
 def _describe(args) -> str:
