@@ -10,3 +10,4 @@ from jaxmask.training import Trainer as Trainer
 from jaxmask import keras_io as keras_io
 from jaxmask.errors import UnsafeFileError as UnsafeFileError
 from jaxmask import perf as perf
+from jaxmask import optimizers as optimizers

@@ -24,3 +24,8 @@ from jaxmask.training._step import loss_mask as loss_mask
 from jaxmask.training._step import make_train_step as make_train_step
 from jaxmask.training._trainer import Trainer as Trainer
 from jaxmask.training._trainer import load_weights as load_weights
+from jaxmask.training._callbacks import LearningRateScheduler as LearningRateScheduler
+from jaxmask.training._callbacks import ReduceLROnPlateau as ReduceLROnPlateau
+from jaxmask.training._callbacks import TensorBoard as TensorBoard
+from jaxmask.training._callbacks import TerminateOnNaN as TerminateOnNaN
+from jaxmask.training._tfevents import read_scalars as read_tensorboard_scalars

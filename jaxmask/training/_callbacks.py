@@ -518,3 +518,313 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+# ------------------------------------------------------------------------------ learning rate and NaN
+
+
+def _learning_rate(trainer) -> float:
+    """The learning rate the next step of ``trainer`` uses (see :func:`jaxmask.optimizers.get_learning_rate`)."""
+    from jaxmask import optimizers
+
+    return optimizers.get_learning_rate(trainer.state.opt_state, trainer.optimizer)
+
+
+def _set_learning_rate(trainer, value) -> None:
+    """Set the learning rate in the trainer's optimizer state: same dtype and placement, so no recompilation."""
+    from jaxmask import optimizers
+
+    trainer.state = trainer.state._replace(opt_state=optimizers.set_learning_rate(trainer.state.opt_state, value))
+
+
+def _readable_learning_rate(trainer):
+    try:
+        return _learning_rate(trainer)
+    except ValueError:
+        return None
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Reduce the learning rate when ``monitor`` has stopped improving (Keras 3 semantics).
+
+    At every epoch end the callback writes ``logs["learning_rate"]`` (the rate this epoch used, so History and
+    the loggers record it, as in Keras), then compares ``monitor`` with the best value so far: an improvement
+    by more than ``min_delta`` resets the wait; after ``patience`` epochs without one the rate becomes
+    ``max(lr · factor, min_lr)`` (only while ``lr > min_lr``) and ``cooldown`` epochs pass before waiting starts
+    again. The rate is changed in the optimizer state between compiled steps (no recompilation) and is part of
+    every backup, so a resumed run continues with the reduced rate and this callback's counters.
+
+    Args:
+      monitor: the log key, e.g. "val_loss".
+      factor: the multiplier, < 1.
+      patience: epochs without improvement before a reduction.
+      verbose: print each reduction.
+      mode: "auto" (from the name), "min" or "max".
+      min_delta: the smallest change that counts as an improvement (1e-4).
+      cooldown: epochs after a reduction during which no waiting is counted.
+      min_lr: lower bound of the learning rate.
+
+    Raises:
+      ValueError: ``factor >= 1``; at the first reduction, an optimizer whose learning rate is not in its state
+        (plain optax transformations: use ``jm.optimizers`` or ``optax.inject_hyperparams``).
+      TypeError: at the first reduction, an optimizer built with a schedule (not settable, as in Keras).
+
+    Keras equivalent: ``keras.callbacks.ReduceLROnPlateau``.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
+        super().__init__(monitor, mode, min_delta, "ReduceLROnPlateau")
+        if not factor < 1.0:
+            raise ValueError(f"`factor` of ReduceLROnPlateau must be < 1.0; received factor={factor}.")
+        self.factor = float(factor)
+        self.patience = patience
+        self.verbose = verbose
+        self.cooldown = cooldown
+        self.min_lr = float(min_lr)
+        self._restored = False
+        self._reset()
+
+    def _reset(self):
+        self.best = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        if not self._restored:
+            self._reset()
+        self._restored = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = _learning_rate(self.trainer)
+        current = self._value(logs)
+        if current is None:
+            import warnings
+
+            warnings.warn(
+                f"ReduceLROnPlateau is conditioned on {self.monitor!r}, which is not in the logs; available: "
+                f"{', '.join(logs)}.",
+                stacklevel=2,
+            )
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current, self.best):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = _learning_rate(self.trainer)
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    _set_learning_rate(self.trainer, new)
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}, {}
+
+    def set_state(self, state, load):
+        self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]
+        self._restored = True
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of every epoch to ``schedule(epoch, lr)`` (or ``schedule(epoch)``).
+
+    ``epoch`` is 0-based and ``lr`` the current rate (a float). The epoch logs get ``learning_rate``, as in
+    Keras. The rate lives in the optimizer state (no recompilation), and the callback remembers the last epoch
+    it scheduled, so a run resumed mid-epoch does not apply ``schedule`` to that epoch twice.
+
+    Args:
+      schedule: ``(epoch, lr) -> lr`` or ``epoch -> lr``, returning a finite number >= 0.
+      verbose: print each change.
+
+    Raises:
+      ValueError: the schedule returned something that is not a finite number >= 0; the optimizer's learning
+        rate is not in its state. TypeError: the optimizer was built with a schedule.
+
+    Keras equivalent: ``keras.callbacks.LearningRateScheduler``.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"`schedule` must be a callable (epoch, lr) -> lr; received {type(schedule).__name__}.")
+        self.schedule = schedule
+        self.verbose = verbose
+        self.last_epoch = None
+
+    def on_train_begin(self, logs=None):
+        if not self.trainer.resumed:
+            self.last_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.last_epoch is not None and epoch <= self.last_epoch:
+            return  # resumed inside an epoch that was already scheduled: its rate is in the restored state
+        lr = _learning_rate(self.trainer)
+        try:
+            new = self.schedule(epoch, lr)
+        except TypeError:
+            new = self.schedule(epoch)
+        try:
+            value = float(np.asarray(new))
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not math.isfinite(value) or value < 0:
+            raise ValueError(f"The output of the `schedule` function should be a finite float >= 0; received {new!r}.")
+        _set_learning_rate(self.trainer, value)
+        self.last_epoch = epoch
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {value}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _learning_rate(self.trainer)
+
+    def get_state(self):
+        return {"last_epoch": self.last_epoch}, {}
+
+    def set_state(self, state, load):
+        self.last_epoch = state["last_epoch"]
+
+
+class TerminateOnNaN(Callback):
+    """Stop training at the first batch whose loss or gradients were NaN or Inf.
+
+    The Trainer skips such a step (weights, optimizer state and running logs unchanged) and counts it in
+    ``nonfinite_steps``; this callback stops after the first counted one (or a non-finite ``loss`` log).
+    Unlike Keras, the bad step's update was never applied, so the weights stay finite. It reads the logs back
+    every batch, which waits for each step to finish.
+
+    Args:
+      raise_error: raise ``RuntimeError`` at once instead of stopping gracefully (``on_train_end`` of the other
+        callbacks then does not run, as in Keras).
+
+    Keras equivalent: ``keras.callbacks.TerminateOnNaN``.
+    """
+
+    def __init__(self, raise_error: bool = False):
+        super().__init__()
+        self.raise_error = bool(raise_error)
+        self._seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._seen = int(jax.device_get(self.trainer.state.acc.nonfinite))
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        count = int(np.asarray(logs.get("nonfinite_steps", self._seen)))
+        loss = logs.get("loss")
+        bad = count > self._seen or (loss is not None and not math.isfinite(float(loss)))
+        self._seen = count
+        if not bad:
+            return
+        if self.raise_error:
+            raise RuntimeError(f"NaN or Inf loss or gradients at batch {batch}; terminating training immediately.")
+        print(f"Batch {batch}: Invalid loss, terminating training")
+        self.trainer.stop_training = True
+
+
+class TensorBoard(Callback):
+    """Write the logs as TensorBoard event files, without TensorFlow.
+
+    As Keras 3: ``log_dir/train`` gets ``epoch_<name>`` scalars of the training logs (plus
+    ``epoch_learning_rate`` when the optimizer's rate is readable, and ``epoch_steps_per_second`` with
+    ``write_steps_per_second``), ``log_dir/validation`` the ``val_`` logs without the prefix, at step = epoch;
+    with ``update_freq="batch"`` or an int N, ``batch_<name>`` scalars every N batches at the global batch count.
+    Only process 0 writes. The files are TensorBoard's ``tfevents`` record format (see
+    :mod:`jaxmask.training._tfevents`), readable by ``tensorboard --logdir`` and by
+    :func:`jaxmask.training.read_tensorboard_scalars`.
+
+    Args:
+      log_dir: the directory (created).
+      update_freq: "epoch", "batch" or an int number of batches.
+      write_steps_per_second: also log steps per second.
+      histogram_freq, write_graph, write_images, profile_batch, embeddings_freq, embeddings_metadata: Keras'
+        arguments; only their "off" values are accepted (``write_graph`` is accepted and ignored: there is no
+        TensorFlow graph to write).
+
+    Keras equivalent: ``keras.callbacks.TensorBoard``.
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0, embeddings_freq=0,
+                 embeddings_metadata=None):
+        super().__init__()
+        for name, value in (("histogram_freq", histogram_freq), ("write_images", write_images),
+                            ("profile_batch", profile_batch), ("embeddings_freq", embeddings_freq),
+                            ("embeddings_metadata", embeddings_metadata)):
+            if value:
+                raise ValueError(
+                    f"TensorBoard(`{name}`={value!r}) is not supported by jaxmask's TensorBoard callback, which writes "
+                    "scalars only; leave it at its default."
+                )
+        update_freq = 1 if update_freq == "batch" else update_freq
+        if update_freq != "epoch" and (isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1):
+            raise ValueError(f"`update_freq` must be 'epoch', 'batch' or a positive int; received {update_freq!r}.")
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self.write_steps_per_second = bool(write_steps_per_second)
+        self._writers = {}
+        self._global_batch = 0
+        self._epoch_start = 0.0
+        self._epoch_step = 0
+        self._batch_start = 0.0
+
+    def _writer(self, which):
+        from jaxmask.training._tfevents import EventFileWriter
+
+        if which not in self._writers:
+            self._writers[which] = EventFileWriter(os.path.join(self.log_dir, which))
+        return self._writers[which]
+
+    def on_train_begin(self, logs=None):
+        self._global_batch = self.trainer.global_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._epoch_step = self.trainer.global_step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_batch += 1
+        if self.update_freq == "epoch" or jax.process_index() != 0 or self._global_batch % self.update_freq:
+            return
+        values = {f"batch_{k}": float(np.asarray(v)) for k, v in (logs or {}).items()}
+        if self.write_steps_per_second:
+            values["batch_steps_per_second"] = 1.0 / max(time.perf_counter() - self._batch_start, 1e-9)
+        self._writer("train").add_scalars(values, self._global_batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if jax.process_index() != 0:
+            return
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if "learning_rate" not in train:
+            lr = _readable_learning_rate(self.trainer)
+            if lr is not None:
+                train["learning_rate"] = lr
+        if self.write_steps_per_second:
+            seconds = max(time.perf_counter() - self._epoch_start, 1e-9)
+            train["steps_per_second"] = (self.trainer.global_step - self._epoch_step) / seconds
+        for which, values in (("train", train), ("validation", val)):
+            if values:
+                self._writer(which).add_scalars({f"epoch_{k}": float(v) for k, v in values.items()}, epoch)
+                self._writer(which).flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxmask import metrics as jm_metrics
+from jaxmask import optimizers as jm_optimizers
 from jaxmask._checks import check_choice
 from jaxmask.perf import configure_cpu_allocator
 from jaxmask.functional.reduction import SEMANTICS
@@ -112,6 +113,7 @@ class Trainer:
     ):
         if not isinstance(model, nnx.Module):
             raise TypeError(f"`model` must be a Flax NNX module such as jm.nn.Sequential; received {type(model).__name__}.")
+        optimizer = jm_optimizers.get(optimizer)  # Keras names ('adam', ...) with Keras' defaults
         if not isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(
                 f"`optimizer` must be an optax GradientTransformation such as optax.adam(1e-3); received "
@@ -414,7 +416,7 @@ class Trainer:
                 raise TypeError(f"`callbacks` must hold jm.training.Callback objects; received {type(cb).__name__}.")
         backups = [cb for cb in user if isinstance(cb, BackupAndRestore)]
         bars = [ProgressBar(per_step=verbose == 1)] if verbose and jax.process_index() == 0 else []
-        cbs = [history] + [cb for cb in user if cb not in backups] + bars + backups
+        cbs = [cb for cb in user if cb not in backups] + [history] + bars + backups  # Keras' order: History sees logs others add
         self.global_step = int(self.state.step)
         self.start_epoch, self.start_batch, self.resumed = int(initial_epoch), 0, False
         self.stop_training = False
@@ -471,6 +473,8 @@ class Trainer:
                 callback_list.on_epoch_end(epoch, epoch_logs)
                 if self.stop_training:
                     break
+            # Keras' fit ends with optimizer.finalize_variable_values: the EMA weights with use_ema=True
+            self.state = self.state._replace(params=jm_optimizers.finalize_variable_values(self.state.params, self.state.opt_state))
             callback_list.on_train_end()
         finally:
             self._push()

@@ -283,7 +283,7 @@ def test_bad_inputs_raise_clear_errors(data, call, match):
 def test_constructor_errors():
     model = seed_model(F, units=4)
     with pytest.raises(TypeError, match=r"`optimizer` must be an optax GradientTransformation"):
-        jm.Trainer(model, "adam", "mse")
+        jm.Trainer(model, 3, "mse")
     with pytest.raises(ValueError, match=r"`semantics` must be one of"):
         jm.Trainer(model, optax.sgd(0.1), "mse", semantics="keras2")
     with pytest.raises(TypeError, match=r"`model` must be a Flax NNX module"):
