@@ -288,3 +288,79 @@ def test_auto_falls_back_silently_where_the_path_cannot_run():
     got = F.masked_scan(F.lstm_cell(), params, x, mask, init, recurrent_dropout=jnp.ones((B, H)),
                         use_cudnn="auto", cudnn_kernel=_spy)
     _close(got, F.masked_scan(F.lstm_cell(), params, x, mask, init, use_cudnn=False))
+
+
+def test_layer_use_cudnn_argument():
+    from flax import nnx
+
+    import jaxmask as jm
+
+    with pytest.raises(ValueError, match=r"`use_cudnn` must be 'auto', True or False .*received 'yes'"):
+        jm.nn.LSTM(FEAT, H, use_cudnn="yes", rngs=nnx.Rngs(0))
+    layer = jm.nn.LSTM(FEAT, H, use_cudnn=True, rngs=nnx.Rngs(0))
+    assert jm.nn.Bidirectional(layer).backward_layer.use_cudnn is True
+    with pytest.raises(ValueError, match=r"use_cudnn=True was given, but no CUDA GPU"):
+        layer(jnp.ones((2, 5, FEAT)))
+
+
+def _custom_vjp_kernel():
+    """The reference kernel behind a ``jax.custom_vjp`` with integer lengths, as ``jax.experimental.rnn.lstm``
+    is built: checks that its VJP survives the ``lax.cond`` / ``platform_dependent`` the path wraps it in."""
+
+    @jax.custom_vjp
+    def kernel(x, h0, c0, w, u, b, lengths):
+        return REF(x, h0, c0, w, u, b, lengths)
+
+    def fwd(x, h0, c0, w, u, b, lengths):
+        out, pullback = jax.vjp(lambda *a: REF(*a, lengths), x, h0, c0, w, u, b)
+        return out, (pullback, lengths)
+
+    def bwd(res, cotangents):
+        pullback, lengths = res
+        return (*pullback(cotangents), np.zeros(lengths.shape, jax.dtypes.float0))
+
+    kernel.defvjp(fwd, bwd)
+    return kernel
+
+
+def test_custom_vjp_kernel_gradients_through_cond_and_platform_dispatch():
+    params, x, init = _setup(9)
+    mask = jnp.asarray(PATTERNS["mixed_post_pre"])
+    kernel = _custom_vjp_kernel()
+
+    def loss(params, x, init, use_path):
+        def scan():
+            return F.masked_scan(F.lstm_cell(), params, x, mask, init, use_cudnn=False)
+
+        if use_path:
+            out, last, (h, c) = cudnn.masked_lstm(kernel, params, x, mask, init, scan=scan, platforms=("cpu",))
+        else:
+            out, last, (h, c) = scan()
+        return jnp.sum(out**2) + jnp.sum(last) + jnp.sum(h * c)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    _close(grad(params, x, init, True), grad(params, x, init, False), "grad32")
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run(tmp_path):
+    """``benchmarks/gpu.py --dry-run`` runs end to end on CPU and writes its JSON and markdown."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    out = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path), "--budget-s", "400",
+                          "--peers", "jaxmask-scan", "jaxmask-cudnn-pre", "keras3-jax"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu-dry-run.json").read_text())
+    assert (tmp_path / "gpu-dry-run.md").read_text().startswith("# GPU benchmark (DRY RUN")
+    eq = [r for r in report["records"] if r["kind"] == "equality"]
+    assert {r["mask"] for r in eq if r["cell"] == "lstm-cudnn"} == {"post", "pre", "holes", "window", "none"}
+    assert all(r["ok"] for r in eq)
+    (dispatch,) = [r for r in report["records"] if r["kind"] == "dispatch"]
+    assert not dispatch["auto_calls_cudnn_on_cpu"] and not dispatch["auto_calls_cudnn_on_test_device"]
+    timed = {r["peer"] for r in report["records"] if r["kind"] == "timing" and "train_ms" in r}
+    assert {"jaxmask-scan", "jaxmask-cudnn-pre"} <= timed

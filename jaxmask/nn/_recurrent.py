@@ -48,6 +48,7 @@ class _RNN(Layer):
         unroll: int | bool = 1,
         initial_output: str = "zeros",
         remat: bool = False,
+        use_cudnn: bool | str = "auto",
         stateful: bool = False,
         batch_size: int | None = None,
         rngs: nnx.Rngs,
@@ -77,6 +78,8 @@ class _RNN(Layer):
         self.unroll = unroll
         self.initial_output = initial_output
         self.remat = remat
+        F.cudnn.check_use_cudnn(use_cudnn)
+        self.use_cudnn = use_cudnn
         self.stateful = bool(stateful)
         self.batch_size = int(batch_size) if stateful else None
         self.deterministic = False
@@ -114,7 +117,7 @@ class _RNN(Layer):
         """Constructor arguments (without ``rngs``): enough to build a twin layer."""
         keys = (
             "in_features units return_sequences return_state go_backwards zero_output_for_mask activation "
-            "use_bias dropout recurrent_dropout unroll initial_output remat stateful batch_size"
+            "use_bias dropout recurrent_dropout unroll initial_output remat stateful batch_size use_cudnn"
         ).split()
         return {k: getattr(self, k) for k in keys} | self._extra_config()
 
@@ -180,6 +183,7 @@ class _RNN(Layer):
             recurrent_dropout=rec_dp,
             unroll=self.unroll,
             remat=self.remat,
+            use_cudnn=self.use_cudnn,
         )
         if self.stateful:
             self.states[...] = jnp.stack(final).astype(self.states.dtype)
