@@ -9,6 +9,7 @@ mesh's ``"batch"`` axis.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
 import queue
@@ -834,6 +835,36 @@ def process_rows(n: int, mesh: Mesh) -> slice:
     return slice(starts[0], starts[0] + per_device * len(starts))
 
 
+_SHARE_ROUNDS = itertools.count()
+
+
+def _check_same_shapes(batch) -> None:
+    """Raise unless every process holds a batch share of the same structure, shapes and dtypes (else the global
+    arrays would not line up and the step would wait forever for the others).
+
+    Compared through the ``jax.distributed`` key-value store (host RPCs, no device program), so it is safe from a
+    prefetch thread while the step runs. Every process places its shares in the same order, so the n-th call of
+    each process compares the n-th shares.
+    """
+    from jax._src import distributed  # noqa: PLC0415  (the coordination client: JAX's own, as orbax uses it)
+
+    client = distributed.global_state.client
+    leaves, treedef = jax.tree_util.tree_flatten(batch)
+    layout = repr((str(treedef), [(tuple(np.shape(v)), np.asarray(v).dtype.str) for v in leaves]))
+    n, me = next(_SHARE_ROUNDS), jax.process_index()
+    client.key_value_set(f"jaxmask/share/{n}/{me}", layout)
+    for other in range(jax.process_count()):
+        theirs = client.blocking_key_value_get(f"jaxmask/share/{n}/{other}", 300_000)
+        if theirs != layout:
+            raise ValueError(
+                f"process {me}'s batch share has the layout {layout}, process {other}'s has {theirs}: with "
+                "place_batch(..., process_local=True) (a per-process loader) every process must give shares of the "
+                "same shapes, e.g. the same batch size and sequences padded to the same T."
+            )
+    if n >= 2:  # every process has read round n - 2 once it has reached round n - 1
+        client.key_value_delete(f"jaxmask/share/{n - 2}/{me}")
+
+
 def place_batch(batch: dict, mesh: Mesh | None, *, process_local: bool = False) -> dict:
     """Put a host batch (a dict of arrays, lists of arrays or None) on the mesh, as global ``jax.Array``s.
 
@@ -847,27 +878,35 @@ def place_batch(batch: dict, mesh: Mesh | None, *, process_local: bool = False) 
         given to ``fit``); each process hands only its own rows (:func:`process_rows`) to
         ``jax.make_array_from_process_local_data``. True: ``batch`` is this process's share (what a
         per-process loader yields); the global batch is the shares of processes 0, 1, ... one after another.
-        Every process must then give shares of the same shapes; shares whose rows do not divide by the
-        process's devices are gathered from all processes and replicated.
+        Every process must then give shares of the same shapes (checked), whose rows divide by the process's
+        devices (a global batch that does not split is replicated: pass it whole, ``process_local=False``).
 
     Returns:
       The batch with every array replaced by a ``jax.Array`` on ``mesh``.
+
+    Raises:
+      ValueError: with ``process_local``, shares of different shapes in different processes, or a share whose rows
+        do not divide by this process's devices.
     """
     if mesh is None:
         return jax.tree_util.tree_map(jnp.asarray, batch)
     processes = jax.process_count()
+    if process_local and processes > 1:
+        _check_same_shapes(batch)
 
     def place(value):
         value = np.asarray(value)
         if process_local and processes > 1:
             local_devices = mesh.shape[BATCH_AXIS] // processes
-            if value.shape[0] % local_devices == 0:
-                sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
-                shape = (value.shape[0] * processes,) + value.shape[1:]
-                return jax.make_array_from_process_local_data(sharding, value, shape)
-            from jax.experimental import multihost_utils  # noqa: PLC0415
-
-            value = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+            if value.shape[0] % local_devices != 0:
+                raise ValueError(
+                    f"A per-process batch share of {value.shape[0]} rows does not split over this process's "
+                    f"{local_devices} devices. Give every process shares whose rows divide by {local_devices} (e.g. "
+                    "drop the last partial batch), or pass the whole batch in every process (process_local=False)."
+                )
+            sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+            shape = (value.shape[0] * processes,) + value.shape[1:]
+            return jax.make_array_from_process_local_data(sharding, value, shape)
         split = value.shape[0] % mesh.shape[BATCH_AXIS] == 0
         sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS) if split else PartitionSpec())
         return jax.make_array_from_process_local_data(sharding, value[process_rows(value.shape[0], mesh)], value.shape)

@@ -64,8 +64,11 @@ class Trainer:
 
     Data parallel: the batch is split over ``mesh`` (default: all devices along one ``"batch"`` axis),
     parameters are replicated; the same code runs on 1 or many devices. For several hosts, call
-    ``jax.distributed.initialize()`` in every process before building the Trainer, and pass the same
-    arrays in every process (each one places its own devices' rows; only process 0 writes files).
+    ``jax.distributed.initialize()`` in every process before building the Trainer and run the same script
+    everywhere: arrays are the same in every process (each one hands only its own devices' rows of every
+    batch to ``jax.make_array_from_process_local_data``); a stream of batches yields this process's share of
+    every global batch (the shares of processes 0, 1, ... in order make the global batch; same shapes in every
+    process). Only process 0 writes files and progress bars; checkpoints need a directory all processes see.
 
     Args:
       model: a :class:`jaxmask.nn.Sequential` (or any NNX module with ``model(x, mask) -> (y, mask)``).

@@ -15,7 +15,9 @@ does the same work and writes OUT_JSON:
 * ``resumed``: a fresh Trainer whose ``fit`` resumes from the newest of those orbax backups and ends where
   ``fit`` ended;
 * ``local``: a custom loop over ``make_train_step`` in which each process feeds only its own share of every
-  global batch (``place_batch(..., process_local=True)``), one of them too small to split;
+  global batch (``place_batch(..., process_local=True)``);
+* ``stream``: ``Trainer.fit`` on a list of batches, each process's list holding its shares;
+* ``errors`` (2 processes): the messages for a share that does not split and for shares of different shapes;
 * ``layout``: which rows of a placed batch this process holds.
 """
 
@@ -100,18 +102,44 @@ def main(out_path, workdir, process_id, num_processes, port, model_kind):
         "history_equal": history.history == out["fit"]["history"],
     }
 
-    # each process feeds only its share of every global batch
+    # each process feeds only its share of every global batch: a custom loop, and fit on a stream
+    def shares(sizes):
+        start = 0
+        for size in sizes:
+            rows = np.arange(start, start + size)
+            start += size
+            share = rows[np.array_split(np.arange(size), jax.process_count())[jax.process_index()]]
+            yield x[share], y[share], mask[share]
+
     ts = jm.training.make_train_step(model(), optax.adam(1e-2), "binary_crossentropy")
     state = ts.init_state(model(), seed=2)
     mesh = jm.training.batch_mesh()
     losses = []
-    for start, size in ((0, 16), (16, 16), (32, 6)):  # 6 rows: 3 per process, not divisible by 2 devices
-        rows = np.arange(start, start + size)
-        share = rows[np.array_split(np.arange(size), jax.process_count())[jax.process_index()]]
-        batch = {"x": x[share], "y": y[share], "mask": mask[share], "sample_weight": None}
+    for xs, ys, ms in shares((16, 16, 8)):
+        batch = {"x": xs, "y": ys, "mask": ms, "sample_weight": None}
         state, step_logs = ts.step(state, jm.training.place_batch(batch, mesh, process_local=True))
         losses.append(float(step_logs["loss"]))
     out["local"] = {"losses": losses, "params": {k: np.asarray(v).tolist() for k, v in flat_host_arrays(state.params).items()}}
+    trainer = jm.Trainer(model(), optax.adam(1e-2), "binary_crossentropy", metrics=["accuracy"], seed=5)
+    class Shares:  # Keras' PyDataset protocol: __len__ and __getitem__ returning batches
+        batches = [((xs, ms), ys) for xs, ys, ms in shares((16, 16, 16, 16))]
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __getitem__(self, i):
+            return self.batches[i]
+
+    history = trainer.fit(Shares(), epochs=2, verbose=0)
+    out["stream"] = {"history": history.history, "params": {k: v.tolist() for k, v in params_of(trainer).items()}}
+    if jax.process_count() > 1:
+        errors = {}
+        for name, rows in (("odd", 3), ("uneven", 8 if jax.process_index() == 0 else 4)):
+            try:
+                jm.training.place_batch({"x": x[:rows]}, mesh, process_local=True)
+            except ValueError as e:
+                errors[name] = str(e)
+        out["errors"] = errors
 
     placed = jm.training.place_batch({"x": x[:16]}, mesh)["x"]
     out["layout"] = {

@@ -30,6 +30,8 @@ def launch(workdir, processes: int, devices: int, model: str):
     """Start ``processes`` workers with ``devices`` CPU devices each; return [(out json, Popen, stderr path)]."""
     os.makedirs(workdir)
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    # the resumed run compiles the same programs again: a per-layout persistent cache makes that a read
+    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     port = free_port() if processes > 1 else 0
     runs = []
@@ -86,6 +88,12 @@ def check_same_training(tmp_path, model: str, timeout: float):
         np.testing.assert_allclose(out["local"]["losses"], reference["local"]["losses"], rtol=1e-5, atol=1e-6)
         for key, value in reference["local"]["params"].items():
             np.testing.assert_allclose(out["local"]["params"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        for key, values in reference["stream"]["history"].items():
+            np.testing.assert_allclose(out["stream"]["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+        for key, value in reference["stream"]["params"].items():
+            np.testing.assert_allclose(out["stream"]["params"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        assert "A per-process batch share of 3 rows does not split over this process's 2 devices" in out["errors"]["odd"]
+        assert "every process must give shares of the same shapes" in out["errors"]["uneven"]
         # backups every 3 steps of 10, max_to_keep=2; a fresh run resumed from the newest, ended bit-identical
         assert out["backups"] == reference["backups"] == ["e000001_b000000001", "e000001_b000000004"]
         assert out["resumed"] == reference["resumed"] == {
