@@ -31,10 +31,11 @@ from jaxmask.keras_io import _schema as s
 from jaxmask.keras_io import entries as _entries  # noqa: F401  (registers every entry)
 from jaxmask.keras_io._limits import Limits, refuse
 from jaxmask.keras_io._registry import REGISTRY, Context, variable, weights_of
+from jaxmask.nn._core import abstract_init
 from jaxmask.nn._graph import KerasTensor
 
 _ENTRY_KEYS = {"module", "class_name", "config", "registered_name", "build_config", "name", "inbound_nodes",
-               "shared_object_id"}
+               "shared_object_id", "compile_config"}
 _INPUT_FIELDS = {"sparse": s.one_of(False), "ragged": s.one_of(False), "optional": s.one_of(False),
                  "input_tensor": s.NONE, "dtype": s.input_dtype}
 _MAX_NODES_PER_LAYER = 64
@@ -78,9 +79,12 @@ def check_layer(entry_json, where: str, ops_allowed: bool = False):
     if s.member(cls, s.MODEL_CLASSES):
         return None, cfg
     if cls == "InputLayer":
-        fields, module = _INPUT_FIELDS, "keras.layers"
+        entry, fields, module = "InputLayer", _INPUT_FIELDS, "keras.layers"
     elif s.member(cls, REGISTRY):
         entry = REGISTRY[cls]
+        twin = f"{entry_json.get('module')}.{cls}"  # an operation named like a layer: keras.src.ops.numpy.Concatenate
+        if entry_json.get("module") != entry.module and s.member(twin, REGISTRY):
+            entry = REGISTRY[twin]
         fields, module = entry.fields, entry.module
         if entry.module != "keras.layers" and not ops_allowed:
             refuse(f"{where}: the operation {cls} can only appear inside a functional graph.")
@@ -98,21 +102,23 @@ def check_layer(entry_json, where: str, ops_allowed: bool = False):
             refuse(f"{where}.config: field {key!r:.80} of {cls} is not understood by jaxmask (value {value!r:.80}).")
         check = fields[key]
         out[key] = value if check is None else check(value, f"{where}.config.{key}")
-    return (REGISTRY.get(cls) if cls != "InputLayer" else "InputLayer"), out
+    return entry, out
 
 
 def _check_all(layers_json, where: str, limits: Limits, depth: int = 0) -> None:
-    """Every class and field of a (possibly nested) layers list, before anything is built."""
+    """Every class and field of a (possibly nested) layers list (``where.config.layers``), before anything is
+    built."""
     if not isinstance(layers_json, list):
-        refuse(f"{where} must be a list of layers.")
+        refuse(f"{where}.config.layers must be a list of layers.")
     if len(layers_json) > limits.max_layers:
-        refuse(f"{where}: {len(layers_json)} layers, over the limit of {limits.max_layers}.")
+        refuse(f"{where}.config.layers: {len(layers_json)} layers, over the limit of {limits.max_layers}.")
     for i, e in enumerate(layers_json):
-        entry, cfg = check_layer(e, f"{where}[{i}]", ops_allowed=True)
+        at = _at(where, i, e)
+        entry, cfg = check_layer(e, at, ops_allowed=True)
         if entry is None:
             if depth >= 8:
-                refuse(f"{where}[{i}]: models nested deeper than 8 levels.")
-            _check_all(cfg.get("layers"), f"{where}[{i}].config.layers", limits, depth + 1)
+                refuse(f"{at}: models nested deeper than 8 levels.")
+            _check_all(cfg.get("layers"), at, limits, depth + 1)
 
 
 class Replay:
@@ -132,7 +138,8 @@ class Replay:
         return self._make(entry, cfg, self.context(where, input_shape, self._batch))
 
     def _make(self, entry, cfg, ctx):
-        module = nnx.eval_shape(lambda: entry.build(cfg, dataclasses.replace(ctx, rngs=nnx.Rngs(0))))
+        with abstract_init():
+            module = entry.build(cfg, dataclasses.replace(ctx, rngs=nnx.Rngs(0)))
         if "name" in cfg:
             module.name = cfg["name"]
         return module
@@ -213,7 +220,7 @@ class Replay:
         x = nn.Input(None, dtype, batch_shape=tuple(batch_shape))
         modules, top = [], []
         for j, e in layers_json:
-            module, _, _ = self._sub(e, f"{where}.config.layers[{j}]", (x,), {}, depth)
+            module, _, _ = self._sub(e, _at(where, j, e), (x,), {}, depth)
             if getattr(module, "return_state", False):
                 refuse(f"{where}.config.layers[{j}]: return_state=True inside a Sequential model.")
             x = module(x)
@@ -225,7 +232,9 @@ class Replay:
         entries = {}
         n_nodes = 0
         for i, e in enumerate(inner["layers"]):
-            at = f"{where}.config.layers[{i}]"
+            at = _at(where, i, e)
+            if not isinstance(e, dict):
+                refuse(f"{at} must be an object.")
             name = e.get("name", (e.get("config") or {}).get("name") if isinstance(e.get("config"), dict) else None)
             if not isinstance(name, str) or name in entries:
                 refuse(f"{at}: missing or repeated layer name {name!r:.80}.")
@@ -287,8 +296,10 @@ class Replay:
         order = [name for name in entries if name in modules]
         top = [(name, modules[name]) for name in order if not _is_op(modules[name])]
         layers = _unique([modules[name] for name in order])
-        single_in = not isinstance(inner.get("input_layers"), list) or _is_single_ref(inner["input_layers"])
-        single_out = not isinstance(inner.get("output_layers"), list) or _is_single_ref(inner["output_layers"])
+        # Keras 3 writes one reference for one tensor and a list for a list; tf_keras always writes a list and
+        # returns a single tensor for a list of one.
+        single_in = _is_single_ref(inner.get("input_layers")) or self.flavor == "tf_keras"
+        single_out = _is_single_ref(inner.get("output_layers")) or self.flavor == "tf_keras"
         try:
             model = nn.Model(inputs[0] if single_in and len(inputs) == 1 else inputs,
                              outputs[0] if single_out and len(outputs) == 1 else outputs,
@@ -361,6 +372,14 @@ class Replay:
         kwargs.pop("training", None)
         explicit = kwargs.pop("mask", None)
         return args, kwargs, explicit
+
+
+def _at(where: str, i: int, e) -> str:
+    """``where.config.layers[i]``, with the layer's name when it has a printable one."""
+    cfg = e.get("config") if isinstance(e, dict) else None
+    name = cfg.get("name") if isinstance(cfg, dict) else None
+    named = f" ({name!r:.60})" if isinstance(name, str) else ""
+    return f"{where}.config.layers[{i}]{named}"
 
 
 def _is_op(module) -> bool:
@@ -441,7 +460,7 @@ def build_model(cfg, *, flavor: str, backend: str, limits: Limits, what: str) ->
     inner = cfg.get("config")
     if not isinstance(inner, dict):
         refuse(f"{what}.config must be an object with a 'layers' list.")
-    _check_all(inner.get("layers"), f"{what}.config.layers", limits)
+    _check_all(inner.get("layers"), what, limits)
     replay = Replay(flavor, backend, limits)
     model, top = replay.model(cfg, what)
     layers = list(_with_paths(top, "layers"))

@@ -117,7 +117,12 @@ def _glorot_uniform(key, shape):
     fan_in = shape[-2] * receptive if len(shape) > 1 else shape[0]
     fan_out = shape[-1] * receptive
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+    if isinstance(key, jax.core.Tracer):
+        return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+    # concrete key: draw on the host, as keras_init does (no compilation per new kernel shape)
+    bits = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    rng = np.random.default_rng(np.asarray(bits, np.uint32).ravel())
+    return jnp.asarray(rng.uniform(-limit, limit, shape), jnp.float32)
 
 
 _INIT = {"glorot_uniform": _glorot_uniform, "zeros": lambda key, shape: jnp.zeros(shape, jnp.float32),

@@ -3,12 +3,16 @@ GlobalAveragePooling1D, TimeDistributed, and the base class that carries Keras' 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxmask._checks import check_mask, check_rank
+from jaxmask.functional import precision
 from jaxmask.functional.rnn import get_activation
 from jaxmask.nn._graph import symbolic
 
@@ -34,14 +38,32 @@ def _numpy_init(name, rng, shape):
     return np.zeros(shape)
 
 
+_ABSTRACT = contextvars.ContextVar("jaxmask_abstract_init", default=False)
+
+
+@contextlib.contextmanager
+def abstract_init():
+    """Within this context ``keras_init`` returns ``jax.ShapeDtypeStruct`` placeholders instead of drawing values:
+    loaders build modules this way and then set every weight from the file (drawing and discarding values would
+    compile an initialiser per weight shape, seconds per model on a small CPU)."""
+    token = _ABSTRACT.set(True)
+    try:
+        yield
+    finally:
+        _ABSTRACT.reset(token)
+
+
 def keras_init(name: str, key, shape, dtype=jnp.float32):
     """Keras' default initialisers: glorot_uniform (kernels), orthogonal (recurrent kernels), zeros,
     and Embedding's U(-0.05, 0.05).
 
     With a concrete key the values are drawn on the host with NumPy (seeded from the key's bits), which
     avoids compiling a QR decomposition for every new layer shape (~1.5 s each on a 2-core CPU); under a
-    JAX transformation (abstract key) the equivalent ``jax.nn.initializers`` run instead.
+    JAX transformation (abstract key) the equivalent ``jax.nn.initializers`` run instead; under
+    ``abstract_init()`` only the shape and dtype are returned.
     """
+    if _ABSTRACT.get():
+        return jax.ShapeDtypeStruct(tuple(shape), dtype)
     if isinstance(key, jax.core.Tracer):
         w = _INITIALIZERS[name](key, shape, dtype)
         return w - 0.05 if name == "embedding_uniform" else w
@@ -164,6 +186,8 @@ class Embedding(Layer):
 
     def _ids(self, x):
         x = as_input(x, "Embedding", rank=2, layout="[B, T] (integer token ids)")
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(jnp.int32)  # Keras casts float ids too (an Input left at float32)
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise TypeError(f"Embedding: `x` must hold integer token ids; received dtype {x.dtype}.")
         return x
@@ -181,24 +205,26 @@ class Dense(Layer):
     Keras equivalent: ``keras.layers.Dense(units, activation=...)`` (glorot_uniform kernel, zero bias).
     """
 
-    def __init__(self, in_features: int, units: int, *, activation=None, use_bias: bool = True, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, units: int, *, activation=None, use_bias: bool = True,
+                 dtype_policy: str | None = None, rngs: nnx.Rngs):
         self.in_features = int(in_features)
         self.units = int(units)
         self.activation = activation
+        self.dtype_policy = precision.get_policy(dtype_policy)  # "mixed_bfloat16": float32 weights, bf16 compute
         self._act = get_activation(activation)
         self.kernel = nnx.Param(keras_init("glorot_uniform", rngs.params(), (self.in_features, self.units)))
         self.bias = nnx.Param(jnp.zeros((self.units,), jnp.float32)) if use_bias else nnx.data(None)
 
     def __call__(self, x, mask=None):
-        x = jnp.asarray(x)
+        x = self.dtype_policy.cast(jnp.asarray(x))
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"Dense(in_features={self.in_features}) received x.shape={x.shape}; the last axis must be "
                 f"{self.in_features}."
             )
-        y = x @ self.kernel[...]
+        y = x @ self.dtype_policy.cast(self.kernel[...])
         if self.bias is not None:
-            y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
+            y = y + self.dtype_policy.cast(self.bias[...]).reshape((1,) * (y.ndim - 1) + (-1,))
         return self._act(y)
 
 

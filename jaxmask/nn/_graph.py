@@ -116,11 +116,15 @@ def _abstract(tree, fill: int):
 def symbolic_call(layer, call, args, kwargs):
     """Record ``layer(*args, **kwargs)`` on symbolic tensors; return symbolic outputs of the same structure.
 
-    The real call runs under ``nnx.eval_shape`` twice, with unknown sizes set to two different stand-ins; an
-    output size that changes with them is unknown (``None``).
+    The real call runs under ``nnx.eval_shape`` with unknown sizes set to a stand-in. The batch axis stays the
+    batch axis (unknown if the inputs' is); when another input size is unknown the call runs a second time with a
+    different stand-in, and an output size that changes with it is unknown (``None``).
     """
+    symbols = _symbols((args, kwargs))
+    batch_unknown = any(s.shape and s.shape[0] is None for s in symbols)
+    other_unknown = any(d is None for s in symbols for d in s.shape[1:])
     runs = []
-    for fill in _PLACEHOLDERS:
+    for fill in _PLACEHOLDERS[: 2 if other_unknown else 1]:
         a, k = _abstract((args, kwargs), fill)
         try:
             out = nnx.eval_shape(*_static_call(call, layer, (a, k)))
@@ -130,11 +134,13 @@ def symbolic_call(layer, call, args, kwargs):
             out = out[0]
         runs.append(out)
     leaves, treedef = jax.tree.flatten(runs[0])
-    other = jax.tree.leaves(runs[1])
+    other = jax.tree.leaves(runs[-1])
     node = _Node(layer, args, kwargs, treedef=treedef)
     outputs = []
     for i, (x, y) in enumerate(zip(leaves, other)):
-        shape = tuple(d if d == e else None for d, e in zip(x.shape, y.shape))
+        shape = [d if d == e else None for d, e in zip(x.shape, y.shape)]
+        if batch_unknown and shape:
+            shape[0] = None
         outputs.append(KerasTensor(shape, x.dtype, node, i))
     node.outputs = tuple(outputs)
     return jax.tree.unflatten(treedef, outputs)

@@ -147,7 +147,7 @@ class Model(Layer):
     def reset_states(self) -> None:
         """Zero the carried state of every stateful layer (Keras' ``model.reset_states()``)."""
         for layer in self.layers:
-            if hasattr(layer, "reset_states"):
+            if hasattr(layer, "reset_states") and getattr(layer, "stateful", True):
                 layer.reset_states()
 
     def compute_output_mask(self, x, mask=None):
@@ -220,11 +220,9 @@ def _check_input(v, name, shape, dtype):
         layout = "[" + ", ".join("B" if i == 0 and d is None else ("?" if d is None else str(d))
                                  for i, d in enumerate(shape)) + "]"
         raise ValueError(f"input {name!r} must have shape {layout}; received shape {tuple(v.shape)}.")
-    kind = np.dtype(dtype).kind
-    got = np.dtype(v.dtype).kind
-    if (kind in "iu") != (got in "iub"):
-        raise TypeError(f"input {name!r} must hold {dtype} values; received dtype {v.dtype}.")
-    return jnp.asarray(v, dtype) if kind == "f" and got != "f" else jnp.asarray(v)
+    if np.dtype(v.dtype).kind not in "biuf":
+        raise TypeError(f"input {name!r} must hold numbers ({dtype}); received dtype {v.dtype}.")
+    return jnp.asarray(v, dtype)  # Keras converts every input to its Input's dtype
 
 
 def _masks_for(layer, step, masks, kwargs):

@@ -8,13 +8,16 @@ import numpy as np
 from flax import nnx
 
 from jaxmask._checks import check_choice, check_mask
+from jaxmask.functional import precision
 from jaxmask.functional import rnn as F
 from jaxmask.nn._core import Layer, as_input, dropout_keep_mask, keras_init, rng_stream
 
 _KERAS_DOC = """
     ``stateful=True`` (with ``batch_size=B``) carries the final state of each call into the next, row by row, as
     Keras does: under a mask that is the state after each row's last valid step, so a long sequence fed in
-    chunks gives what one call on the whole gives. ``reset_states()`` zeroes it.
+    chunks gives what one call on the whole gives at every valid step — and at every step with
+    ``initial_output="initial_state"``, where a chunk's leading masked steps repeat the carried output (Keras' JAX
+    backend; its TF backend outputs 0 there). ``reset_states()`` zeroes the state.
     What a masked step outputs: the previous step's output (0 before the first valid step), or 0 with
     ``zero_output_for_mask=True``; every state is held. Padded inputs never reach the cell, so NaN/Inf in
     padding cannot leak. ``go_backwards=True`` processes the whole padded sequence reversed and returns
@@ -49,6 +52,7 @@ class _RNN(Layer):
         initial_output: str = "zeros",
         remat: bool = False,
         use_cudnn: bool | str = "auto",
+        dtype_policy: str | None = None,
         stateful: bool = False,
         batch_size: int | None = None,
         rngs: nnx.Rngs,
@@ -80,6 +84,7 @@ class _RNN(Layer):
         self.remat = remat
         F.cudnn.check_use_cudnn(use_cudnn)
         self.use_cudnn = use_cudnn
+        self.dtype_policy = precision.get_policy(dtype_policy)
         self.stateful = bool(stateful)
         self.batch_size = int(batch_size) if stateful else None
         self.deterministic = False
@@ -117,7 +122,7 @@ class _RNN(Layer):
         """Constructor arguments (without ``rngs``): enough to build a twin layer."""
         keys = (
             "in_features units return_sequences return_state go_backwards zero_output_for_mask activation "
-            "use_bias dropout recurrent_dropout unroll initial_output remat stateful batch_size use_cudnn"
+            "use_bias dropout recurrent_dropout unroll initial_output remat stateful batch_size use_cudnn dtype_policy"
         ).split()
         return {k: getattr(self, k) for k in keys} | self._extra_config()
 
@@ -151,6 +156,7 @@ class _RNN(Layer):
         """
         name = type(self).__name__
         x = as_input(x, name, dtype="float")
+        x = self.dtype_policy.cast(x)  # compute dtype; the recurrent state stays float32 under a mixed policy
         b, t, f = x.shape
         if self.stateful and b != self.batch_size:
             raise ValueError(f"{name}(stateful=True, batch_size={self.batch_size}) received a batch of {b} rows "
@@ -166,13 +172,13 @@ class _RNN(Layer):
             mask = check_mask(mask, (b, t))
         cell = self.cell()
         if self.stateful and initial_state is None:
-            state = tuple(self.states[...].astype(x.dtype))
+            state = tuple(self.states[...].astype(self.dtype_policy.state_dtype(x.dtype)))
         else:
-            state = self._initial_state(initial_state, b, x.dtype, len(cell.state_names))
+            state = self._initial_state(initial_state, b, self.dtype_policy.state_dtype(x.dtype), len(cell.state_names))
         in_dp, rec_dp = self._dropout_masks(b, x.dtype)
         outputs, last, final = F.masked_scan(
             cell,
-            self.params(),
+            self.dtype_policy.cast(self.params()),
             x,
             mask,
             state,
@@ -187,6 +193,7 @@ class _RNN(Layer):
         )
         if self.stateful:
             self.states[...] = jnp.stack(final).astype(self.states.dtype)
+        outputs, last, final = self.dtype_policy.cast((outputs, last, final))
         y = outputs if self.return_sequences else last
         return (y, *final) if self.return_state else y
 

@@ -52,3 +52,9 @@ class Sequential(Layer):
             x = layer(x, mask=mask)
             mask = next_mask
         return x, mask
+
+    def reset_states(self) -> None:
+        """Zero the carried state of every stateful layer (Keras' ``model.reset_states()``)."""
+        for layer in self.layers:
+            if hasattr(layer, "reset_states") and getattr(layer, "stateful", True):
+                layer.reset_states()

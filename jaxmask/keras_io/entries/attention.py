@@ -102,8 +102,10 @@ def _mha_config(layer, ctx):
            "dropout": layer.dropout, "use_bias": layer.use_bias,
            "output_shape": None if layer.output_features == layer.query_features else layer.output_features,
            "attention_axes": None}
-    if ctx.flavor == "tf_keras":
+    if ctx.flavor == "tf_keras":  # tf_keras' from_config needs the three shapes (it builds from them)
         cfg["softmax_robust_masking"] = layer.softmax_robust_masking or layer.semantics == "keras3"
+        cfg.update({f"{name}_shape": [None, None, f] for name, f in (
+            ("query", layer.query_features), ("value", layer.value_features), ("key", layer.key_features))})
     return cfg
 
 
