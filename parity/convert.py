@@ -253,12 +253,15 @@ class _KerasBuilder:
             layer = model.layers[step.layer]
             leaves = [values[tuple(r)] if isinstance(r, _Ref) else r for r in step.leaves]
             args, kwargs = jax.tree.unflatten(step.treedef, leaves)
-            kwargs = {k: v for k, v in kwargs.items() if k != "mask"}  # Keras computes the masks itself
+            mask = kwargs.get("mask")  # an explicit mask tensor (Softmax(x, mask=m)); Keras computes the others
+            kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
             if isinstance(layer, jm.nn.Op):
                 out = self._op(layer, args)
             else:
                 if step.layer not in made:
                     made[step.layer] = self.layer(layer)
+                if mask is not None and _takes_mask(made[step.layer]):
+                    kwargs["mask"] = mask
                 out = made[step.layer](*args, **kwargs)
             for j, v in enumerate(jax.tree.leaves(out, is_leaf=lambda v: not isinstance(v, (list, tuple)))):
                 values[("node", n, j)] = v
@@ -272,6 +275,14 @@ class _KerasBuilder:
         K = self.K
         out = getattr(K.ops, "convert_to_tensor" if op.op == "identity" else op.op)(*args, **dict(op.options))
         return K.ops.cast(out, op.dtype) if op.dtype is not None else out
+
+
+def _takes_mask(keras_layer) -> bool:
+    """Whether the Keras layer's ``call`` has a ``mask`` argument (Keras 3 / tf_keras)."""
+    spec = getattr(keras_layer, "_call_spec", None)
+    if hasattr(spec, "expects_mask_arg"):
+        return bool(spec.expects_mask_arg)
+    return bool(getattr(keras_layer, "_call_has_mask_arg", False))
 
 
 def _describe_context(flavor, where) -> Context:

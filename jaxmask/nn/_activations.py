@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmask.nn._core import Layer
+from jaxmask.nn._core import Layer, keras_init
 from jaxmask.nn._merge import check_semantics
 
 
@@ -116,7 +116,7 @@ class PReLU(Layer):
         ``shared_axes``); Keras infers it at build time.
       alpha_initializer: "zeros" (Keras' default) or a number (a constant).
       shared_axes: None, an int or a list of ints in [1, len(input_shape)].
-      rngs: unused (``alpha`` is deterministic); accepted for symmetry with the other layers.
+      rngs: optional; ``alpha``'s initial value is deterministic.
 
     Raises:
       ValueError: a shared axis out of range, or an unknown size not shared.
@@ -146,7 +146,9 @@ class PReLU(Layer):
             value = _number("PReLU", "alpha_initializer", alpha_initializer)
         self.input_shape = shape
         self.shared_axes = tuple(sorted(int(a) for a in axes)) or None
-        self.alpha = nnx.Param(jnp.full(param, value, jnp.float32))
+        # keras_init: a placeholder under the loaders' abstract_init, so a crafted shape allocates nothing
+        alpha = keras_init("zeros", (rngs or nnx.Rngs(0)).params(), param)
+        self.alpha = nnx.Param(alpha if value == 0.0 else jnp.full(param, value, jnp.float32))
 
     def __call__(self, x, mask=None):
         x = jnp.asarray(x)
