@@ -17,6 +17,10 @@ KILL (optional) makes the worker SIGKILL itself at a chosen point:
   ``epoch-end:N``   at the N-th epoch end of this process, after History recorded it, before any save.
 On success it writes WORKDIR/final.npz (parameters, optimizer state, step) and WORKDIR/history.json, each
 atomically.
+
+With JAXMASK_CRASH_PROCESSES=2 (and JAXMASK_CRASH_PROCESS, JAXMASK_CRASH_PORT) it is one process of a
+two-process run on 127.0.0.1 (see :func:`join_processes`); its outputs are final-pP.npz and history-pP.json.
+Process 0 does the file work of every save; process 1 reports ``begin`` and ``end`` of each.
 """
 
 import io
@@ -53,9 +57,10 @@ SAVE_STAGES = (
     "end",
 )
 
-# the run: 36 training samples (48, a quarter held out), batch 9 -> 4 steps per epoch, 3 epochs, a backup after
-# every step (12 saves: an orbax save costs ~0.15 s here, ~5x the former npz writer)
-N_SAMPLES, BATCH_SIZE, EPOCHS = 48, 9, 3
+# the run: 48 training samples (64, a quarter held out), batch 12 -> 4 steps per epoch, 3 epochs, a backup after
+# every step (12 saves: an orbax save costs ~0.15 s here, ~5x the former npz writer). 12 rows split over the 4
+# devices of the 2-process setup.
+N_SAMPLES, BATCH_SIZE, EPOCHS = 64, 12, 3
 
 
 class Events:
@@ -205,8 +210,26 @@ def instrument(events, kill_stage, kill_save, kill_delete, backup):
     _checkpoint.read_checkpoint = patched_read
 
 
+def join_processes():
+    """With JAXMASK_CRASH_PROCESSES=N > 1: join a ``jax.distributed`` run of N processes on 127.0.0.1
+    (JAXMASK_CRASH_PROCESS = this one's index, JAXMASK_CRASH_PORT = the coordinator's port); returns the suffix
+    of this process's output files ("" for a one-process run)."""
+    processes = int(os.environ.get("JAXMASK_CRASH_PROCESSES", "1"))
+    if processes == 1:
+        return ""
+    import jax
+
+    process = int(os.environ["JAXMASK_CRASH_PROCESS"])
+    address = f"127.0.0.1:{os.environ['JAXMASK_CRASH_PORT']}"
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(address, num_processes=processes, process_id=process, coordinator_bind_address=address,
+                               initialization_timeout=60, heartbeat_timeout_seconds=10)
+    return f"-p{process}"
+
+
 def main(workdir, events_path, kill="none"):
     events = Events(events_path)
+    suffix = join_processes()
     events("start")
     mode, _, arg = kill.partition(":")
     kill_stage, kill_save = None, None
@@ -247,9 +270,9 @@ def main(workdir, events_path, kill="none"):
     arrays = flat_host_arrays({"params": s.params, "opt_state": s.opt_state, "step": s.step})
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_save(os.path.join(workdir, "final.npz"), buf.getvalue())
+    atomic_save(os.path.join(workdir, f"final{suffix}.npz"), buf.getvalue())
     text = json.dumps({"history": history.history, "epoch": history.epoch}, sort_keys=True)
-    atomic_save(os.path.join(workdir, "history.json"), text.encode())
+    atomic_save(os.path.join(workdir, f"history{suffix}.json"), text.encode())
     events("done")
 
 

@@ -1,7 +1,8 @@
 """SIGKILL a training process at many points, mid-save included: every restart resumes from the newest
 complete checkpoint, never a partial one, and the run ends bit-identical to an uninterrupted one (parameters,
-optimizer state, step, History). The campaign itself is tests/training/crash_harness.py; the 200-kill run
-is also a script (``python -m tests.training.crash_harness --kills 200``), results in tests/PROPERTIES.md."""
+optimizer state, step, History); also with two processes, one of them killed and both restarted. The campaign
+itself is tests/training/crash_harness.py; the 200-kill run is also a script (``python -m
+tests.training.crash_harness --kills 200 [--processes 2]``), results in tests/PROPERTIES.md."""
 
 import numpy as np
 import pytest
@@ -30,6 +31,21 @@ def test_two_hundred_seeded_kills(tmp_path):
     assert summary["kills"] == 200
     assert summary["kills_mid_save"] >= 50
     assert {a["landed"][5:] for a in summary["attempts"] if a["landed"].startswith("save:")} >= MID_SAVE
+
+
+# The 2-process setup (2 processes x 2 CPU devices, jax.distributed on 127.0.0.1): one process killed, both
+# restarted. Process 1 killed from outside, at the start of a save (process 0 waits at the barrier) and after a
+# step; process 0 killed with a torn orbax item and with a complete, unrenamed checkpoint.
+TWO_PROCESS_PLANS = ["1/timed:0.5", "0/save:state-partial:2", "1/save:begin:3", "0/save:fsync-tmp:2", "1/step:3"]
+
+
+@pytest.mark.slow
+def test_two_processes_one_killed_both_restarted_resume_bit_exact(tmp_path):
+    summary = campaign(5, seed=0, root=str(tmp_path), plans=TWO_PROCESS_PLANS, log=lambda *_: None, processes=2)
+    assert summary["kills"] == 5 and summary["kills_by_victim"] == {0: 2, 1: 3}
+    staged = [a["landed"] for a in summary["attempts"] if "/save:" in a["plan"]]
+    assert staged == ["save:state-partial", "save:begin", "save:fsync-tmp"]
+    assert summary["resumed_from_checkpoint"] >= 4
 
 
 def test_pruning_keeps_new_checkpoints_below_stale_broken_ones(tmp_path):
