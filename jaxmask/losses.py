@@ -639,6 +639,8 @@ def masked_loss(
 
     y_true = jnp.asarray(y_true)
     y_pred = jnp.asarray(y_pred)
+    # Keras' loss dtype is float32: half-precision predictions (a mixed_bfloat16 policy) are reduced in float32
+    y_true, y_pred = (a.astype(jnp.float32) if a.dtype in (jnp.bfloat16, jnp.float16) else a for a in (y_true, y_pred))
     if spec is not None:
         y_true = _check_labels(spec, fn, kwargs, y_true, y_pred)
     if y_pred_logits is not None:

@@ -116,9 +116,17 @@ def _bias(params, index=None):
     return b if index is None else b[index]
 
 
+def _matmul(a, w):
+    """a @ w. With half-precision weights and a wider ``a`` (a bfloat16 compute policy, a float32 state),
+    ``a`` is cast to the weights' dtype and the product accumulates in a's: bfloat16 operands, float32 sums."""
+    if a.dtype == w.dtype or jnp.finfo(w.dtype).bits > 16:
+        return a @ w
+    return jnp.matmul(a.astype(w.dtype), w, preferred_element_type=jnp.promote_types(a.dtype, w.dtype))
+
+
 def _project(params, x, index=None):
     """One step's input projection x @ kernel (+ input bias): [B, F] -> [B, G]."""
-    z = x @ params["kernel"]
+    z = _matmul(x, params["kernel"])
     bias = _bias(params, index)
     return z if bias is None else z + bias[None, :]
 
@@ -134,7 +142,7 @@ def lstm_cell(activation="tanh", recurrent_activation="sigmoid") -> Cell:
 
     def step(params, carry, xp, h_dropout):
         h, c = carry
-        z = xp + _recurrent_input(h, h_dropout) @ params["recurrent_kernel"]
+        z = xp + _matmul(_recurrent_input(h, h_dropout), params["recurrent_kernel"])
         zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
         c = rec(zf) * c + rec(zi) * act(zc)
         h = rec(zo) * act(c)
@@ -160,7 +168,7 @@ def gru_cell(activation="tanh", recurrent_activation="sigmoid", reset_after=True
         xz, xr, xh = jnp.split(xp, 3, axis=-1)
         u = params["recurrent_kernel"]
         if reset_after:
-            inner = hd @ u
+            inner = _matmul(hd, u)
             b = _bias(params, 1)
             if b is not None:
                 inner = inner + b[None, :]
@@ -170,11 +178,11 @@ def gru_cell(activation="tanh", recurrent_activation="sigmoid", reset_after=True
             hh = act(xh + r * ih)
         else:
             n = u.shape[0]
-            inner = hd @ u[:, : 2 * n]
+            inner = _matmul(hd, u[:, : 2 * n])
             iz, ir = jnp.split(inner, 2, axis=-1)
             z = rec(xz + iz)
             r = rec(xr + ir)
-            hh = act(xh + (r * hd) @ u[:, 2 * n :])
+            hh = act(xh + _matmul(r * hd, u[:, 2 * n :]))
         h = z * h + (1.0 - z) * hh
         return (h,), h
 
@@ -187,7 +195,7 @@ def simple_rnn_cell(activation="tanh") -> Cell:
 
     def step(params, carry, xp, h_dropout):
         (h,) = carry
-        h = act(xp + _recurrent_input(h, h_dropout) @ params["recurrent_kernel"])
+        h = act(xp + _matmul(_recurrent_input(h, h_dropout), params["recurrent_kernel"]))
         return (h,), h
 
     return Cell("simple_rnn", ("h",), _project, step)
@@ -277,7 +285,8 @@ def masked_scan(
         mask_t = None if mask_t is None else jnp.flip(mask_t, axis=0)
     carry0 = tuple(initial_state)
 
-    if fused and cell.name == "lstm_standard":
+    same_dtype = x.dtype == params["kernel"].dtype == carry0[0].dtype  # mixed precision runs the generic scan
+    if fused and cell.name == "lstm_standard" and same_dtype:
         scan = fused_lstm.lstm_scan(mask_t is not None, recurrent_dropout is not None, unroll, remat)
         w = jnp.concatenate([params["kernel"], params["recurrent_kernel"]], axis=0)
         b = params.get("bias")
