@@ -15,8 +15,13 @@
    ``benchmarks/peers.py``) for a train step and an inference call, median after warm-up, on the seed
    (B=64, T=100, F=8, H=100), large (128, 400, 32, 256) and GPU-sized (256, 512, 64, 512) shapes, post-padded
    data: jaxmask scan (``use_cudnn=False``), jaxmask cuDNN (``use_cudnn=True``; also on pre-padded data,
-   where rows are rolled), PyTorch ``nn.LSTM`` (cuDNN, packed sequences), Flax NNX ``nnx.RNN`` with
-   ``seq_lengths`` and Keras 3 on the JAX backend. A peer that cannot be imported is skipped with a note.
+   where rows are rolled), jaxmask ``dtype_policy="mixed_bfloat16"`` (the scan), PyTorch ``nn.LSTM`` (cuDNN,
+   packed sequences), Flax NNX ``nnx.RNN`` with ``seq_lengths`` and Keras 3 on the JAX backend. A peer that
+   cannot be imported is skipped with a note.
+
+``python benchmarks/gpu.py --precision-ab [SHAPE ...]`` only times float32 against mixed_bfloat16 for the
+jaxmask model, alternated in one process on the default backend (the CPU here), and writes
+``precision-ab-<backend>.json``.
 
 Each part runs in its own subprocess with a time limit taken from one overall budget (``--budget-s``), so
 one slow or failing peer leaves the others' results. ``--dry-run`` runs on CPU with
@@ -44,7 +49,8 @@ RESULT = "@@result "
 SHAPES = {"seed": (64, 100, 8, 100), "large": (128, 400, 32, 256), "gpu": (256, 512, 64, 512)}
 DRY_SHAPES = {"tiny": (4, 6, 3, 5)}
 REPS = {"seed": 30, "large": 15, "gpu": 10, "tiny": 3}
-PEERS = ["jaxmask-scan", "jaxmask-cudnn", "jaxmask-cudnn-pre", "torch-packed", "flax-nnx-rnn", "keras3-jax"]
+PEERS = ["jaxmask-scan", "jaxmask-cudnn", "jaxmask-cudnn-pre", "jaxmask-bf16", "torch-packed", "flax-nnx-rnn",
+         "keras3-jax"]
 REQUIRES = {"torch-packed": "torch", "flax-nnx-rnn": "flax", "keras3-jax": "keras"}
 EQ_SHAPE, DRY_EQ_SHAPE = (16, 24, 8, 32), (5, 6, 3, 4)
 CELLS = ["lstm-scan", "lstm-cudnn", "gru", "gru-v1", "simple-rnn"]
@@ -178,7 +184,7 @@ def pre_pad(x, mask):
     return np.take_along_axis(x, idx[:, :, None], axis=1), np.take_along_axis(mask, idx, axis=1)
 
 
-def bench_jaxmask(x, y, mask, h, reps, use_cudnn):
+def jaxmask_steps(x, y, h, use_cudnn, policy=None):
     import jax.numpy as jnp
     import optax
     from flax import nnx
@@ -190,9 +196,9 @@ def bench_jaxmask(x, y, mask, h, reps, use_cudnn):
     rngs = nnx.Rngs(0)
     model = jm.nn.Sequential([
         jm.nn.Masking(0.0),
-        jm.nn.LSTM(f, h, return_sequences=True, use_cudnn=use_cudnn, rngs=rngs),
+        jm.nn.LSTM(f, h, return_sequences=True, use_cudnn=use_cudnn, dtype_policy=policy, rngs=rngs),
         jm.nn.Dropout(0.5, rngs=rngs),
-        jm.nn.Dense(h, 1, activation="sigmoid", rngs=rngs),
+        jm.nn.Dense(h, 1, activation="sigmoid", dtype_policy=policy, rngs=rngs),
     ])
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
 
@@ -200,8 +206,48 @@ def bench_jaxmask(x, y, mask, h, reps, use_cudnn):
         y_pred, out_mask = model(x)
         return jm.masked_loss("binary_crossentropy", y, y_pred, mask=out_mask)
 
-    train, infer = peers.nnx_steps(model, optimizer, loss_fn, jnp.asarray(x), jnp.asarray(y))
-    return peers.time_steps(train, infer, reps)
+    return peers.nnx_steps(model, optimizer, loss_fn, jnp.asarray(x), jnp.asarray(y))
+
+
+def bench_jaxmask(x, y, mask, h, reps, use_cudnn, policy=None):
+    import peers
+
+    return peers.time_steps(*jaxmask_steps(x, y, h, use_cudnn, policy), reps)
+
+
+def precision_ab(shapes, rounds=5, reps=None):
+    """float32 against mixed_bfloat16 for the jaxmask seed model (the scan: cuDNN takes float32 only),
+    alternated in one process: per shape, the medians over rounds of each round's median, and the ratio."""
+    sys.path.insert(0, str(HERE))
+    import jax
+    import peers
+
+    out = []
+    for shape in shapes:
+        b, t, f, h = {**SHAPES, **DRY_SHAPES}[shape]
+        x, y, mask = peers.make_data(b, t, f)
+        n = reps or REPS[shape]
+        steps = {p: jaxmask_steps(x, y, h, False, p) for p in ("float32", "mixed_bfloat16")}
+        first = {}
+        for p, (train, infer) in steps.items():
+            t0 = time.perf_counter()
+            train()
+            first[p] = time.perf_counter() - t0
+            infer()
+        med = {p: {"train": [], "infer": []} for p in steps}
+        for _ in range(rounds):
+            for p, (train, infer) in steps.items():
+                med[p]["train"].append(peers.median_time(train, n))
+                med[p]["infer"].append(peers.median_time(infer, n))
+        row = {"kind": "precision", "shape": shape, "backend": jax.default_backend()}
+        for p in steps:
+            row[p] = {"train_ms": float(np.median(med[p]["train"])) * 1e3,
+                      "infer_ms": float(np.median(med[p]["infer"])) * 1e3, "first_call_s": first[p]}
+        row["bf16_over_f32_train"] = row["mixed_bfloat16"]["train_ms"] / row["float32"]["train_ms"]
+        row["bf16_over_f32_infer"] = row["mixed_bfloat16"]["infer_ms"] / row["float32"]["infer_ms"]
+        emit(row)
+        out.append(row)
+    return out
 
 
 def bench_torch(x, y, mask, h, reps, device):
@@ -283,6 +329,8 @@ def timing_worker(peer, shapes, dry_run):
                 first, train, infer = bench_jaxmask(x, y, mask, h, reps, False)
             elif peer.startswith("jaxmask-cudnn"):
                 first, train, infer = bench_jaxmask(x, y, mask, h, reps, True)
+            elif peer == "jaxmask-bf16":
+                first, train, infer = bench_jaxmask(x, y, mask, h, reps, False, "mixed_bfloat16")
             elif peer == "torch-packed":
                 first, train, infer = bench_torch(x, y, mask, h, reps, device)
             elif peer == "flax-nnx-rnn":
@@ -324,7 +372,8 @@ def run_worker(args, timeout, env_extra=None):
 
 def git_commit():
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
@@ -334,7 +383,8 @@ def git_commit():
 
 def markdown(report):
     meta = report["meta"]
-    lines = [f"# GPU benchmark ({'DRY RUN on CPU: checks the script, not a GPU' if meta['dry_run'] else meta['device']})",
+    title = "DRY RUN on CPU: checks the script, not a GPU" if meta["dry_run"] else meta["device"]
+    lines = [f"# GPU benchmark ({title})",
              "", f"{meta['date']}, commit {meta['commit']}, `{meta['command']}`, {meta['wall_s']:.0f} s.", ""]
     eq = [r for r in report["records"] if r["kind"] == "equality"]
     bad = [r for r in eq if not r["ok"]]
@@ -342,7 +392,8 @@ def markdown(report):
         lines += [f"## Equality, {meta.get('test_device', '?')} vs {meta.get('reference_device', '?')} "
                   "(matmul precision highest, parity tolerances)", "",
                   f"{len(eq) - len(bad)} / {len(eq)} cases within tolerance; largest |diff| values "
-                  f"{max(r['values_max_abs'] for r in eq):.2e}, gradients {max(r['gradients_max_abs'] for r in eq):.2e}.",
+                  f"{max(r['values_max_abs'] for r in eq):.2e}, "
+                  f"gradients {max(r['gradients_max_abs'] for r in eq):.2e}.",
                   "", "| cell | cases | values max abs | gradients max abs | all ok |", "|---|---|---|---|---|"]
         for cell in CELLS:
             rs = [r for r in eq if r["cell"] == cell]
@@ -399,11 +450,20 @@ def main(argv=None):
     ap.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     ap.add_argument("--skip-equality", action="store_true")
     ap.add_argument("--jobs", type=int, default=None, help="workers at once (default 1; dry run 2)")
+    ap.add_argument("--precision-ab", nargs="*", metavar="SHAPE", choices=list(SHAPES) + list(DRY_SHAPES),
+                    help="only time float32 against mixed_bfloat16 here, alternated (default shapes: seed large)")
     ap.add_argument("--worker", choices=["equality", "timing"], help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.dry_run:
         os.environ["JAX_PLATFORMS"] = "cpu"
+    if args.precision_ab is not None:
+        rows = precision_ab(args.precision_ab or ["seed", "large"])
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "command": " ".join(sys.argv)}
+        path = args.out / f"precision-ab-{rows[0]['backend']}.json"
+        path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        return 0
     if args.worker == "equality":
         return equality_worker(args.dry_run)
     if args.worker == "timing":
@@ -442,7 +502,8 @@ def main(argv=None):
         records += recs
         runs.append(run)
         if run["status"] != "ok":
-            notes.append(f"{name}: {run['status']}" + (f" ({run['stderr_tail'][-1]})" if run.get("stderr_tail") else ""))
+            tail = f" ({run['stderr_tail'][-1]})" if run.get("stderr_tail") else ""
+            notes.append(f"{name}: {run['status']}{tail}")
     meta = {"dry_run": args.dry_run, "date": datetime.date.today().isoformat(), "commit": git_commit(),
             "command": "python benchmarks/gpu.py" + (" --dry-run" if args.dry_run else ""),
             "wall_s": time.perf_counter() - start, "python": sys.version.split()[0]}
