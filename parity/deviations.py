@@ -67,5 +67,27 @@ DEVIATIONS = {
             upstream="keras/src/layers/pooling/global_average_pooling1d.py (tf_keras: "
             "tf_keras/src/layers/pooling/global_average_pooling1d.py).",
         ),
+        Deviation(
+            name="keras3-mha-clears-input-masks",
+            references=("keras3", "keras3-jax"),
+            summary="Keras 3's MultiHeadAttention.call deletes the Keras mask of its query, value and key tensors "
+            "(set_keras_mask(t, None)); in a functional graph every layer that consumes one of those tensors after "
+            "the MHA has run (in Keras' node order) sees no mask, e.g. Attention()([x, mha(x, x)]) stops zeroing "
+            "padded queries and a second MHA on x attends to padding. tf_keras keeps the masks.",
+            jaxmask="masks stay attached to every tensor (tf_keras' behaviour); graphs where no layer reads an "
+            "MHA input's mask after the MHA (the keras.io transformer block) are unaffected and match.",
+            upstream="keras/src/layers/attention/multi_head_attention.py MultiHeadAttention.call (added to silence "
+            "the EinsumDense mask warning of keras-team/keras issue #20455).",
+        ),
+        Deviation(
+            name="keras-mha-scores-mask",
+            references=("keras3", "keras3-jax", "tf_keras"),
+            summary="With return_attention_scores=True and a mask, Keras 3 and tf_keras attach the [B, 1, T, S] "
+            "attention mask to the returned scores [B, N, T, S] (the output mask of the Softmax layer inside MHA); "
+            "it is not a [B, T] sequence mask and no Keras layer can consume it.",
+            jaxmask="the scores carry no mask; their values match.",
+            upstream="keras/src/layers/attention/multi_head_attention.py _masked_softmax (tf_keras: "
+            "tf_keras/src/layers/attention/multi_head_attention.py).",
+        ),
     )
 }
