@@ -24,6 +24,7 @@ does the same work and writes OUT_JSON:
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -85,11 +86,22 @@ def main(out_path, workdir, process_id, num_processes, port, model_kind):
                               callbacks=[backup, *extra.get("callbacks", [])], verbose=extra.get("verbose", 0))
         return trainer, history
 
+    class Clock(jm.training.Callback):  # when each batch of the last epoch ended (compiled programs only by then)
+        stamps = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.stamps.clear()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # wait for the step
+            self.stamps.append(time.perf_counter())
+
     logs = [jm.training.CSVLogger(os.path.join(workdir, f"log-{jax.process_index()}.csv")),
-            jm.training.JSONLogger(os.path.join(workdir, f"log-{jax.process_index()}.jsonl"))]
+            jm.training.JSONLogger(os.path.join(workdir, f"log-{jax.process_index()}.jsonl")), Clock()]
     trainer, history = run(callbacks=logs, verbose=1)
     out["fit"] = {"history": history.history, "params": {k: v.tolist() for k, v in params_of(trainer).items()},
-                  "global_step": trainer.global_step}
+                  "global_step": trainer.global_step,
+                  "step_seconds_median": float(np.median(np.diff(Clock.stamps)))}
     final = flat_host_arrays((trainer.state.params, trainer.state.opt_state, trainer.state.step))
     out["backups"] = sorted(os.listdir(os.path.join(workdir, "backup")))
 

@@ -66,11 +66,17 @@ def wait_all(runs, timeout: float):
     return [json.load(open(out)) for out, _, _ in runs], [open(err).read() for _, _, err in runs]
 
 
-def check_same_training(tmp_path, model: str, timeout: float):
+def run_layouts(tmp_path, model: str, timeout: float):
+    """1 process x 4 devices and 2 processes x 2 devices side by side: (reference, [out0, out1], stderrs of 2)."""
     one = launch(tmp_path / "one", processes=1, devices=4, model=model)
     two = launch(tmp_path / "two", processes=2, devices=2, model=model)
     (reference,), _ = wait_all(one, timeout)
     outs, stderrs = wait_all(two, timeout)
+    return reference, outs, stderrs
+
+
+def check_same_training(tmp_path, model: str, timeout: float):
+    reference, outs, stderrs = run_layouts(tmp_path, model, timeout)
 
     assert reference["devices"] == 4 and reference["process_count"] == 1
     assert [o["process_index"] for o in outs] == [0, 1] and all(o["devices"] == 4 for o in outs)
@@ -112,3 +118,46 @@ def test_two_processes_train_as_one_process_dense(tmp_path):
 @pytest.mark.slow
 def test_two_processes_train_as_one_process_lstm(tmp_path):
     check_same_training(tmp_path, "lstm", timeout=540)
+
+
+def main(argv=None):
+    """``python -m tests.training.test_multiprocess [--model lstm|dense]``: run both layouts once and print how far
+    2 x 2 is from 1 x 4, and the median time per step of the last epoch of ``fit`` (compiled by then) in each."""
+    import argparse
+    import pathlib
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", default="lstm", choices=["lstm", "dense"])
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as root:
+        started = time.monotonic()
+        reference, outs, _ = run_layouts(pathlib.Path(root), args.model, timeout=1200)
+        wall = time.monotonic() - started
+
+    def gap(part, key):
+        return max(
+            float(np.max(np.abs(np.asarray(o[part][key][k]) - np.asarray(v))))
+            for o in outs
+            for k, v in reference[part][key].items()
+        )
+
+    summary = {
+        "model": args.model,
+        "max_abs_diff": {f"{part}.{key}": gap(part, key) for part in ("fit", "stream") for key in ("history", "params")},
+        "local_loop_max_loss_diff": max(
+            abs(a - b) for o in outs for a, b in zip(o["local"]["losses"], reference["local"]["losses"])
+        ),
+        "resumed_bit_identical": all(o["resumed"]["bit_identical"] for o in outs + [reference]),
+        "median_ms_per_step_last_epoch": {
+            "1 process x 4 devices": round(1000 * reference["fit"]["step_seconds_median"], 1),
+            "2 processes x 2 devices": round(1000 * max(o["fit"]["step_seconds_median"] for o in outs), 1),
+        },
+        "wall_seconds_both_layouts": round(wall, 1),
+        "load_average_1min": round(os.getloadavg()[0], 1),
+    }
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
