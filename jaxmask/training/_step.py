@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmask import losses as jm_losses
 from jaxmask import metrics as jm_metrics
+from jaxmask.training._outputs import OutputLosses
 
 Array = jax.Array
 
@@ -113,9 +114,10 @@ def loss_mask(out_mask, user_mask):
 
     A ``Masking`` layer replaces an incoming mask with its own, so the user's mask would otherwise be lost
     from the loss; a model that drops the time axis (``return_sequences=False``) returns ``out_mask=None``
-    and the loss is per sample.
+    and the loss is per sample. With several inputs or outputs (lists), each output's loss uses its own
+    output mask: the model carries the input masks to its outputs itself.
     """
-    if out_mask is None or user_mask is None:
+    if out_mask is None or user_mask is None or isinstance(out_mask, list) or isinstance(user_mask, list):
         return out_mask
     return jnp.logical_and(out_mask, user_mask)
 
@@ -215,6 +217,10 @@ class TrainStep:
         model = nnx.merge(graphdef, params, rngs, other)
         y_pred, out_mask = _call_model(model, batch["x"], batch["mask"])
         mask = loss_mask(out_mask, batch["mask"])
+        if isinstance(self.loss, OutputLosses):  # several outputs, or weighted: Σ w_i · loss_i
+            loss = self.loss.total(batch["y"], y_pred, mask, batch["sample_weight"], semantics=self.semantics,
+                                   class_weight=self.class_weight, loss_kwargs=self.loss_kwargs)
+            return loss, (y_pred, mask, _split(model)[3])
         loss = jm_losses.masked_loss(
             self.loss,
             batch["y"],
@@ -231,7 +237,7 @@ class TrainStep:
 
     def _accumulate(self, acc: Accumulators, loss, y_pred, mask, batch) -> Accumulators:
         y_pred = jax.lax.stop_gradient(y_pred)
-        size = jnp.asarray(batch["x"].shape[0], jnp.float32)
+        size = jnp.asarray(jax.tree_util.tree_leaves(batch["x"])[0].shape[0], jnp.float32)
         states = tuple(
             m.update(s, batch["y"], y_pred, mask=mask) for m, s in zip(self.metrics, acc.metrics[: len(self.metrics)])
         ) + tuple(
