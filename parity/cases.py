@@ -369,6 +369,13 @@ def _catalogue() -> list[Case]:
              optimizer="adam", learning_rate=0.02, weights="temporal", tags=("trajectory",)))
     add(Case("train/quick/sgd", (rnn("simple_rnn"), mse_head), "mixed", "mse", steps=5, optimizer="sgd",
              learning_rate=0.1, tags=("trajectory", "quick")))
+
+    # 9. every Keras optimizer (jm.optimizers, parity.optim.OPTIMIZERS) on a 20-step trajectory
+    for name, lr in (("sgd_momentum", 0.1), ("sgd_nesterov", 0.1), ("adamw", 0.02), ("rmsprop", 0.01),
+                     ("rmsprop_centered", 0.01), ("adagrad", 0.2), ("adadelta", 1.0), ("adamax", 0.02),
+                     ("nadam", 0.02), ("lion", 0.005), ("ftrl", 0.2)):
+        add(Case(f"train/optimizer/{name}", (rnn("simple_rnn"), mse_head), "mixed", "mse", steps=20, optimizer=name,
+                 learning_rate=lr, tags=("trajectory",)))
     return cases
 
 

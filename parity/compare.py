@@ -374,7 +374,7 @@ def check_model(
       semantics: jaxmask loss semantics; default "keras3" for Keras 3 models, "tf_keras" for tf_keras ones.
       loss_kwargs: extra loss arguments (``from_logits``, ``label_smoothing`` ...).
       steps: number of optimizer steps to compare (0: none).
-      optimizer: "sgd" or "adam".
+      optimizer: a name of :data:`parity.optim.OPTIMIZERS` ("sgd", "adam", "rmsprop", "lion", ...).
       learning_rate: the optimizer's learning rate.
       name: the report's case name.
 
@@ -391,8 +391,10 @@ def check_model(
     """
     if (y is None) != (loss is None):
         raise ValueError("`y` and `loss` go together: pass both (e.g. loss='mse') or neither (probe loss).")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"`optimizer` must be 'sgd' or 'adam'; received {optimizer!r}.")
+    from parity.optim import OPTIMIZERS
+
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; received {optimizer!r}.")
     spec = None
     if loss is not None:
         if semantics is None:

@@ -207,14 +207,14 @@ def test_tf_keras_optimizers_match(name, kw):
 def test_tf_keras_named_differences():
     """What tf_keras does differently, each named in parity/deviations.py."""
     tf_keras = pytest.importorskip("tf_keras")
-    # tf-keras-no-gradient-accumulation
+    # tf_keras-no-gradient-accumulation
     with pytest.raises((TypeError, ValueError)):
         tf_keras.optimizers.Adam(gradient_accumulation_steps=2)
-    # tf-keras-default-learning-rate / ema_overwrite_frequency
+    # tf_keras-optimizer-defaults
     assert tf_keras.optimizers.Lion().get_config()["learning_rate"] == pytest.approx(1e-4)
     assert jo.Lion().learning_rate == 1e-3
     assert tf_keras.optimizers.RMSprop().ema_overwrite_frequency == 100 and jo.RMSprop().config["ema_overwrite_frequency"] is None
-    # tf-keras-ema-starts-at-the-initial-weights: its average starts at w0 and uses ema_momentum from step 1
+    # tf_keras-ema-starts-at-initial-weights: its average starts at w0 and uses ema_momentum from step 1
     reference = run_reference(tf_keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.9), tf_keras)
     ours = run_ours(jo.Adam(0.05))
     average = [w.copy() for w in problem()[0]]
