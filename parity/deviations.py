@@ -89,5 +89,34 @@ DEVIATIONS = {
             upstream="keras/src/layers/attention/multi_head_attention.py _masked_softmax (tf_keras: "
             "tf_keras/src/layers/attention/multi_head_attention.py).",
         ),
+        Deviation(
+            name="tf_keras-ema-starts-at-initial-weights",
+            references=("tf_keras",),
+            summary="tf_keras' optimizers with use_ema=True start the moving average at the weights before the first "
+            "step and apply ema_momentum from step 1; Keras 3 starts it at the weights after the first step "
+            "(momentum 0 at iteration 0). The EMA weights differ by ema_momentum^t * (w_0 - w_1).",
+            jaxmask="Keras 3's rule (jm.optimizers, use_ema=True); tf_keras' average is reproduced exactly from the same "
+            "trajectory in tests/test_optimizers.py.",
+            upstream="tf_keras/src/optimizers/optimizer.py build (add_variable_from_reference(var, 'average', "
+            "initial_value=var)) vs keras/src/optimizers/base_optimizer.py _update_model_variables_moving_average.",
+        ),
+        Deviation(
+            name="tf_keras-no-gradient-accumulation",
+            references=("tf_keras",),
+            summary="tf_keras' optimizers have no gradient_accumulation_steps argument (Keras 3 added it); passing "
+            "it raises.",
+            jaxmask="gradient_accumulation_steps as Keras 3 (mean of k gradients, schedules on micro-steps, EMA every "
+            "call).",
+            upstream="keras/src/optimizers/base_optimizer.py (Keras 3 only).",
+        ),
+        Deviation(
+            name="tf_keras-optimizer-defaults",
+            references=("tf_keras",),
+            summary="Defaults that differ from Keras 3: Lion(learning_rate=1e-4) (Keras 3: 1e-3), "
+            "RMSprop(ema_overwrite_frequency=100) (Keras 3: None), and Adam(adaptive_epsilon=False), an argument "
+            "Keras 3 does not have. tf_keras' optimizers are XLA-compiled by default (jit_compile=True).",
+            jaxmask="Keras 3's defaults; pass tf_keras' values explicitly to reproduce tf_keras.",
+            upstream="tf_keras/src/optimizers/lion.py, rmsprop.py, adam.py.",
+        ),
     )
 }
