@@ -1,6 +1,7 @@
 """Crash-safety campaign: SIGKILL a training process at many seeded random points and check every restart.
 
-    python -m tests.training.crash_harness --kills 200 --seed 0 [--processes 2] [--workdir DIR] [--json FILE]
+    python -m tests.training.crash_harness --kills 200 --seed 0 [--processes 2] [--minutes M] [--workdir DIR]
+        [--json FILE]
 
 Runs ``_crash_worker.py`` (a tiny model, a ``BackupAndRestore`` save after every step) once uninterrupted as
 the reference, then in episodes: start the worker in a fresh directory, kill it, restart it, kill it again ...
@@ -261,11 +262,13 @@ def same_final(a, b) -> bool:
     return all(arrays_a[k].dtype == arrays_b[k].dtype and np.array_equal(arrays_a[k], arrays_b[k]) for k in arrays_a)
 
 
-def campaign(kills: int, seed: int, root: str, plans: list[str] | None = None, log=print, processes: int = 1) -> dict:
+def campaign(kills: int, seed: int, root: str, plans: list[str] | None = None, log=print, processes: int = 1,
+             minutes: float | None = None) -> dict:
     """Kill ``kills`` times; raise CampaignError on the first wrong resume or final state; return a summary.
 
     ``plans`` fixes the first attempts' kill plans (in order) before drawing the rest; with ``processes`` > 1 every
-    run is that many processes and a plan names its victim (``P/PLAN``).
+    run is that many processes and a plan names its victim (``P/PLAN``). With ``minutes``, no kill is drawn after
+    that long: the episode under way is finished and the summary says how many kills were made.
     """
     started = time.monotonic()
     rng = np.random.default_rng(seed)
@@ -281,6 +284,8 @@ def campaign(kills: int, seed: int, root: str, plans: list[str] | None = None, l
         backup = os.path.join(workdir, "backup")
         last_renamed, damaged = None, False
         for attempt in range(10 * kills + 10):
+            if minutes is not None and time.monotonic() - started > 60 * minutes:
+                kills = killed
             if killed < kills:
                 plan = plans.pop(0) if plans else draw_plan(rng, processes)
             else:
@@ -367,15 +372,16 @@ def main(argv=None):
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1, help="processes per run (2: jax.distributed on 127.0.0.1)")
+    parser.add_argument("--minutes", type=float, default=None, help="draw no kill after this long (then finish)")
     parser.add_argument("--workdir", default=None, help="kept afterwards (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="write the summary (and every attempt) here")
     args = parser.parse_args(argv)
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=False)
-        summary = campaign(args.kills, args.seed, args.workdir, processes=args.processes)
+        summary = campaign(args.kills, args.seed, args.workdir, processes=args.processes, minutes=args.minutes)
     else:
         with tempfile.TemporaryDirectory() as root:
-            summary = campaign(args.kills, args.seed, root, processes=args.processes)
+            summary = campaign(args.kills, args.seed, root, processes=args.processes, minutes=args.minutes)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
