@@ -67,9 +67,11 @@ def nnx_steps(model, optimizer, loss_fn, x, y):
 
     holder = {"state": state}
 
-    def train():
+    def train(block=True):
         holder["state"], loss = train_step(holder["state"], x, y)
-        jax.block_until_ready(loss)
+        if block:
+            jax.block_until_ready(loss)
+        return loss
 
     def infer():
         jax.block_until_ready(predict(holder["state"], x))
@@ -89,7 +91,12 @@ def time_steps(train, infer, reps):
 
 
 def bench_jaxmask(x, y, mask, h, reps, remat=False):
-    import jax
+    train, infer = bench_jaxmask_steps(x, y, h, remat)
+    return time_steps(train, infer, reps)
+
+
+def bench_jaxmask_steps(x, y, h=100, remat=False):
+    """The seed model's raw jitted train and inference steps (``train(block=True)``, ``infer()``)."""
     import jax.numpy as jnp
     import optax
     from flax import nnx
@@ -111,8 +118,7 @@ def bench_jaxmask(x, y, mask, h, reps, remat=False):
         y_pred, out_mask = model(x)
         return jm.masked_loss("binary_crossentropy", y, y_pred, mask=out_mask)
 
-    train, infer = nnx_steps(model, optimizer, loss_fn, jnp.asarray(x), jnp.asarray(y))
-    return time_steps(train, infer, reps)
+    return nnx_steps(model, optimizer, loss_fn, jnp.asarray(x), jnp.asarray(y))
 
 
 def _keras_model(lib, t, f, h):

@@ -29,3 +29,4 @@ from jaxmask.training._callbacks import ReduceLROnPlateau as ReduceLROnPlateau
 from jaxmask.training._callbacks import TensorBoard as TensorBoard
 from jaxmask.training._callbacks import TerminateOnNaN as TerminateOnNaN
 from jaxmask.training._tfevents import read_scalars as read_tensorboard_scalars
+from jaxmask.training._step import Logs as Logs

@@ -16,11 +16,17 @@ count or batch sharding (JAX's partitionable threefry).
 A step whose loss, gradients or updates contain NaN or Inf is skipped: parameters, optimizer state,
 metric and loss accumulators are left unchanged (a ``where`` over each leaf), the step counter still
 advances, and ``nonfinite_steps`` counts it.
+
+``Trainer`` drives the same step through :meth:`TrainStep.run`: ``steps`` steps in one compiled call (a
+``lax.scan`` over stacked batches, or over batches gathered on the device from a dataset placed there once),
+parameters not donated (so the user's model can hold the trained arrays without a copy), and logs kept on
+the device until something reads them (:class:`Logs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -33,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxmask import losses as jm_losses
 from jaxmask import metrics as jm_metrics
 from jaxmask.training._outputs import OutputLosses
+from jaxmask.training._data import BATCH_AXIS
 
 Array = jax.Array
 
@@ -144,6 +151,10 @@ class TrainStep:
       evaluate: jitted ``(params, other, acc, batch) -> (acc, logs)`` in inference mode.
       predict: jitted ``(params, other, x, mask) -> (y_pred, mask)`` in inference mode; the mask is
         :func:`loss_mask` of the model's output mask and ``mask``. Outputs are replicated over the mesh.
+      run_jit: jitted ``(weights, rest, data, rows, pos, *, steps, reset) -> (weights, rest, logs, pos)``, the
+        Trainer's path, called through :meth:`run`.
+      run_evaluate: jitted ``(params, other, acc, data, rows, pos, *, steps) -> (acc, pos)``.
+      run_predict: jitted ``(params, other, data, rows, pos, *, steps) -> (y_pred, mask, pos)``.
       trace_counts: how many times each function was traced (compiled), for tests and diagnostics.
     """
 
@@ -161,6 +172,9 @@ class TrainStep:
     step: Any = None
     evaluate: Any = None
     predict: Any = None
+    run_jit: Any = None
+    run_evaluate: Any = None
+    run_predict: Any = None
     trace_counts: dict = dataclasses.field(default_factory=lambda: {"train": 0, "evaluate": 0, "predict": 0})
 
     def __call__(self, state: TrainState, batch: dict):
@@ -169,6 +183,11 @@ class TrainStep:
     @property
     def all_metrics(self) -> tuple:
         return self.metrics + self.weighted_metrics
+
+    @property
+    def log_names(self) -> tuple:
+        """The keys of the logs in :meth:`results`' order (Keras': the loss, then the metrics)."""
+        return ("loss",) + tuple(m.name for m in self.all_metrics) + ("nonfinite_steps",)
 
     def init_accumulators(self) -> Accumulators:
         """Empty accumulators (replicated over the mesh when there is one)."""
@@ -284,6 +303,174 @@ class TrainStep:
         y_pred, out_mask = _call_model(model, x, mask)
         return y_pred, loss_mask(out_mask, mask)
 
+    # ---------------------------------------------------------------------- the Trainer's fast path
+
+    def _zero_accumulators(self) -> Accumulators:
+        return Accumulators(
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
+            tuple(m.init() for m in self.all_metrics),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def _constrain(self, batch):
+        """Shard a batch gathered inside the step along ``"batch"`` (replicated when the size does not divide)."""
+        if self.mesh is None or self.mesh.size == 1:
+            return batch
+
+        def put(a):
+            split = a.shape[0] % self.mesh.shape[BATCH_AXIS] == 0
+            spec = PartitionSpec(BATCH_AXIS) if split else PartitionSpec()
+            return jax.lax.with_sharding_constraint(a, NamedSharding(self.mesh, spec))
+
+        return jax.tree_util.tree_map(put, batch)
+
+    def _scan(self, one, carry, data, rows, pos, steps: int):
+        """Apply ``one(carry, batch) -> (carry, out)`` to ``steps`` batches: ``data`` itself (``rows`` None,
+        ``steps`` 1), the leading axis of stacked ``data`` (``rows`` None), or rows ``rows[pos + j]`` of ``data``
+        gathered on the device. Outputs of several steps are stacked along a new leading axis."""
+        if rows is None and steps == 1:
+            return one(carry, data)
+
+        def gathered(j):
+            r = jax.lax.dynamic_index_in_dim(rows, pos + j, keepdims=False)
+            return self._constrain(jax.tree_util.tree_map(lambda a: jnp.take(a, r, axis=0, mode="clip"), data))
+
+        if steps == 1:
+            return one(carry, gathered(0))
+        if rows is None:
+            return jax.lax.scan(one, carry, data)
+        return jax.lax.scan(lambda c, j: one(c, gathered(j)), carry, jnp.arange(steps, dtype=jnp.int32))
+
+    def _run(self, weights, rest, data, rows, pos, *, steps: int, reset: bool):
+        (params, other), (opt_state, rng, step, acc) = weights, rest
+        if reset:
+            acc = self._zero_accumulators()
+        state = TrainState(params, other, opt_state, rng, step, acc)
+        state, logs = self._scan(self._train, state, data, rows, pos, steps)
+        next_pos = None if pos is None else pos + steps
+        return (state.params, state.other), (state.opt_state, state.rng, state.step, state.acc), logs, next_pos
+
+    def run(self, state: TrainState, data, rows=None, pos=None, *, steps: int = 1, reset: bool = False):
+        """``steps`` training steps in one compiled call; ``(new state, logs, pos + steps)``.
+
+        Args:
+          state: the ``TrainState``; its optimizer state, step and accumulators are donated, its parameters and
+            other variables are not (the caller's model may hold them).
+          data: one batch dict (``rows`` None, ``steps`` 1), ``steps`` batches stacked along a new leading axis
+            (``rows`` None), or a whole dataset dict [N, ...] placed on the device (see :meth:`place`).
+          rows: int32 [S, B] device array: batch ``j`` of this call is ``data[rows[pos + j]]``.
+          pos: int32 scalar device array, the first row of ``rows`` to use; the returned ``pos + steps`` feeds the
+            next call, so a loop over an epoch sends nothing to the device but the step's own inputs.
+          steps: steps in this call (static: one compilation per value); several steps run as a ``lax.scan``
+            whose body is the single step, so the result is the same as ``steps`` single calls, bit for bit.
+          reset: start from empty accumulators (``train_on_batch``: logs of this batch only).
+
+        Returns:
+          ``(state, logs, pos)``: logs of the last step (a dict of scalars) for ``steps == 1``, else every
+          step's logs stacked along a leading axis of length ``steps``.
+        """
+        weights, rest, logs, pos = self.run_jit(
+            (state.params, state.other), (state.opt_state, state.rng, state.step, state.acc), data, rows, pos,
+            steps=steps, reset=reset,
+        )
+        return TrainState(weights[0], weights[1], *rest), {k: logs[k] for k in self.log_names}, pos
+
+    def _run_evaluate(self, params, other, acc, data, rows, pos, *, steps: int):
+        acc, _ = self._scan(lambda a, b: self._evaluate(params, other, a, b), acc, data, rows, pos, steps)
+        return acc, None if pos is None else pos + steps
+
+    def _run_predict(self, params, other, data, rows, pos, *, steps: int):
+        def one(carry, batch):
+            return carry, self._predict(params, other, batch["x"], batch.get("mask"))
+
+        _, (y_pred, mask) = self._scan(one, 0, data, rows, pos, steps)
+        return y_pred, mask, None if pos is None else pos + steps
+
+    def place(self, tree):
+        """Host arrays as device arrays, replicated over the mesh: a dataset that the step gathers from."""
+        if self.mesh is None:
+            return jax.device_put(tree)
+        return self.replicate(tree)
+
+    def to_device(self, batch):
+        """A host batch ready for the step. On one device of one process the NumPy arrays are returned as
+        they are: the compiled call copies them in (cheaper than a separate ``device_put``); over a mesh of
+        several devices they are split along ``"batch"``."""
+        if self.mesh is None or (self.mesh.size == 1 and jax.process_count() == 1):
+            return batch
+        from jaxmask.training._data import place_batch  # noqa: PLC0415
+
+        return place_batch(batch, self.mesh)
+
+
+class _Fetched:
+    """Device values fetched to the host once, on first use, for every :class:`Logs` view sharing them."""
+
+    __slots__ = ("device", "host")
+
+    def __init__(self, device):
+        self.device, self.host = device, None
+
+    def get(self) -> dict:
+        if self.host is None:
+            self.host = jax.device_get(self.device)
+            self.device = None
+        return self.host
+
+
+def _number(v):
+    v = np.asarray(v)
+    return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
+
+
+class Logs(Mapping):
+    """The logs of one step, ``{"loss": ..., <metric>: ..., "nonfinite_steps": n}``, left on the device until
+    read: the first access to a value fetches all of them at once (one wait for the step, one transfer) and
+    gives Python numbers, floats and ints for counters; keys and ``len`` need no fetch.
+
+    A read-only ``Mapping``: ``logs["loss"]``, ``dict(logs)``, ``logs == {...}`` work; use ``dict(logs)``
+    where a real ``dict`` is needed (``json.dumps``, mutation).
+
+    Keras equivalent: the dict ``train_on_batch(..., return_dict=True)`` returns (floats, read at once).
+    """
+
+    __slots__ = ("_keys", "_source", "_index", "_values")
+
+    def __init__(self, device_logs: dict, *, index: int | None = None, _source: _Fetched | None = None):
+        self._keys = tuple(device_logs)
+        self._source = _Fetched(device_logs) if _source is None else _source
+        self._index = index
+        self._values = None
+
+    @classmethod
+    def per_step(cls, stacked: dict, steps: int) -> list["Logs"]:
+        """One view per step of logs stacked along a leading axis of length ``steps``; one shared fetch."""
+        source = _Fetched(stacked)
+        return [cls(stacked, index=j, _source=source) for j in range(steps)]
+
+    def _host(self) -> dict:
+        if self._values is None:
+            host = self._source.get()
+            pick = (lambda v: v) if self._index is None else (lambda v: v[self._index])  # noqa: E731
+            self._values = {k: _number(pick(host[k])) for k in self._keys}
+        return self._values
+
+    def __getitem__(self, key):
+        return self._host()[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def __repr__(self) -> str:
+        return repr(self._host())
+
 
 def _unique_names(metrics: tuple, weighted: tuple) -> tuple[tuple, tuple]:
     """Metrics with distinct log keys: a weighted metric whose name is taken gets the prefix ``weighted_``."""
@@ -374,6 +561,9 @@ def make_train_step(
     ts.step = jax.jit(ts._train, donate_argnums=(0,) if donate else (), **replicated)
     ts.evaluate = jax.jit(ts._evaluate, **replicated)
     ts.predict = jax.jit(ts._predict, **replicated)  # replicated: readable by every process of a multi-host run
+    ts.run_jit = jax.jit(ts._run, donate_argnums=(1,) if donate else (), static_argnames=("steps", "reset"), **replicated)
+    ts.run_evaluate = jax.jit(ts._run_evaluate, static_argnames=("steps",), **replicated)
+    ts.run_predict = jax.jit(ts._run_predict, static_argnames=("steps",), **replicated)
     return ts
 
 
