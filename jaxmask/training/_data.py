@@ -478,7 +478,9 @@ class Stream:
 
     Raises (from :meth:`epoch`):
       ValueError: an epoch that gets no batch at all (an empty source, or a one-shot iterator already
-        used up), naming the argument.
+        used up), naming the argument. Keras 3.15 (run) raises for an empty generator too, but for a used-up one
+        it warns "Your input ran out of data" and replays, every later epoch, the first batches it peeked at
+        to infer shapes (``GeneratorDataAdapter``): a named deviation, jaxmask does not train on stale batches.
     """
 
     def __init__(self, source, name: str = "x", *, steps: int | None = None, shuffle: bool = False):
@@ -602,13 +604,15 @@ def pad_time(data: ArrayData, layout: Layout, y_has_time) -> ArrayData:
     single = layout.input_names is None
     xs = [data.x] if single else list(data.x)
     masks = [data.mask] if single else list(data.mask or [None] * len(xs))
-    grew = None
+    grew, touched = None, False
     for i, a in enumerate(xs):
         if a.ndim < 2 or layout.time_lengths[i] == -1:
             continue
+        touched = True
         t = a.shape[1]
         target = layout.time_length(i, t, layout.input_label(i))
-        if target == t:
+        if target == t:  # still give a mask: every batch then has the same structure (one compilation per length)
+            masks[i] = np.ones(a.shape[:2], bool) if masks[i] is None else masks[i]
             continue
         extra = target - t
         width = [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2)
@@ -616,8 +620,11 @@ def pad_time(data: ArrayData, layout: Layout, y_has_time) -> ArrayData:
         m = np.ones(a.shape[:2], bool) if masks[i] is None else masks[i]
         masks[i] = np.pad(m, [(0, 0), (0, extra)], constant_values=False)
         grew = (t, target) if grew is None else grew
-    if grew is None:
+    if not touched:
         return data
+    if grew is None:
+        return ArrayData(xs[0] if single else xs, data.y, masks[0] if single else masks, data.sample_weight, data.lengths,
+                         data.t)
     t, target = grew
 
     def stretch(v, timed):
