@@ -14,6 +14,7 @@ from jaxmask.training._data import Buckets as Buckets
 from jaxmask.training._data import batch_mesh as batch_mesh
 from jaxmask.training._data import epoch_plan as epoch_plan
 from jaxmask.training._data import epoch_rng as epoch_rng
+from jaxmask.training._data import padded_length as padded_length
 from jaxmask.training._data import place_batch as place_batch
 from jaxmask.training._data import process_rows as process_rows
 from jaxmask.training._data import valid_lengths as valid_lengths
