@@ -413,7 +413,7 @@ def test_graphs_load_and_match_keras(keras_files, tmp_path):
         ours = jm.keras_io.load_model(path)
         want = model(x)
         got = ours(x)[0]
-        for w, g in zip(want if isinstance(want, list) else [want], got if isinstance(got, list) else [got]):
+        for w, g in zip(want if isinstance(want, (list, tuple)) else [want], got if isinstance(got, list) else [got]):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6, err_msg=name)
 
 

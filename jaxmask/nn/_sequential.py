@@ -48,6 +48,9 @@ class Sequential(Layer):
         if mask is not None:
             mask = check_mask(mask, np.shape(x)[:2])
         for layer in self.layers:
+            if getattr(layer, "returns_mask", False):  # a nested Sequential or Model
+                x, mask = layer(x, mask=mask)
+                continue
             next_mask = layer.compute_output_mask(x, mask)
             x = layer(x, mask=mask)
             mask = next_mask
