@@ -118,5 +118,18 @@ DEVIATIONS = {
             jaxmask="Keras 3's defaults; pass tf_keras' values explicitly to reproduce tf_keras.",
             upstream="tf_keras/src/optimizers/lion.py, rmsprop.py, adam.py.",
         ),
+        Deviation(
+            name="keras-unitnorm-tiny-norm-clamp",
+            references=("keras3", "keras3-jax", "tf_keras"),
+            summary="UnitNormalization clamps differently below norm 1e-6: Keras 3 computes x · min(1/‖x‖, 1e12) "
+            "(keras.ops.normalize), tf_keras x / sqrt(max(‖x‖², 1e-12)) (tf.linalg.l2_normalize), so a step of norm "
+            "1e-7 gives norm 1 in Keras 3 and 0.1 in tf_keras. An all-zero (padded) step gives 0 in both, with "
+            "gradient 1e12 (Keras 3) or 1e6 (tf_keras) times the upstream gradient.",
+            jaxmask="each reference's rule: UnitNormalization(semantics='keras3' | 'tf_keras'), set by the loader "
+            "from the file's Keras version (tests/test_normalization.py checks both at norms 1e-7 and 1e-13). "
+            "parity.to_keras into the other flavor writes only axis, so that model differs below norm 1e-6.",
+            upstream="keras/src/ops/nn.py _normalize (order 2); tf_keras/src/layers/normalization/"
+            "unit_normalization.py (tf.linalg.l2_normalize).",
+        ),
     )
 }

@@ -458,3 +458,38 @@ def test_crafted_conv_configs_are_refused_quickly(tmp_path, cls, config, message
     with pytest.raises(jm.UnsafeFileError, match=message):
         jm.keras_io.load_model(path)
     assert time.perf_counter() - start < 5.0
+
+
+def _graph_params(module):
+    import importlib
+
+    importlib.import_module(module)
+    from parity.graph_cases import GRAPHS
+
+    out = []
+    for name, (fn, paddings, refs) in GRAPHS.items():
+        if fn.__module__ != module:
+            continue
+        for flavor in FLAVORS:
+            if refs is None or flavor in refs:
+                out += [pytest.param(name, padding, flavor, id=f"{name}-{padding}-{flavor}") for padding in paddings]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+@pytest.mark.filterwarnings(NO_MASK_WARNING)
+@pytest.mark.parametrize("name, padding, flavor", _graph_params("parity.graph_cases.convolution"))
+def test_graph_cases_match_keras(name, padding, flavor):
+    """This group's parity graph cases (outputs and output masks; the catalogue adds gradients and trajectories)."""
+    import parity
+    from parity.graph_cases import GRAPHS
+
+    K = keras_lib(flavor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model, x = GRAPHS[name][0](K, padding)
+        want = model(x, training=False)
+    got, mask = parity.from_keras(model)(x)
+    np.testing.assert_allclose(np.asarray(one(got)), np.asarray(want), **ref.TOL["float32"])
+    assert keras_mask(flavor, want) is None and one(mask) is None

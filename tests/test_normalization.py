@@ -601,3 +601,40 @@ def test_trainer_updates_batch_norm_moving_statistics():
     trainer.train_on_batch(x, np.zeros((B, T, 1), np.float32))
     mean, _ = np_masked_moments(x, MASK)
     np.testing.assert_allclose(np.asarray(bn.moving_mean[...]), 0.01 * mean, **ref.TOL["float32"])
+
+
+def _graph_params(module):
+    import importlib
+
+    importlib.import_module(module)
+    from parity.graph_cases import GRAPHS
+
+    out = []
+    for name, (fn, paddings, refs) in GRAPHS.items():
+        if fn.__module__ != module:
+            continue
+        for flavor in FLAVORS:
+            if refs is None or flavor in refs:
+                out += [pytest.param(name, padding, flavor, id=f"{name}-{padding}-{flavor}") for padding in paddings]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
+@pytest.mark.parametrize("name, padding, flavor", _graph_params("parity.graph_cases.normalization"))
+def test_graph_cases_match_keras(name, padding, flavor):
+    """This group's parity graph cases (outputs and output masks; the catalogue adds gradients and trajectories)."""
+    import parity
+    from parity.graph_cases import GRAPHS
+
+    K = keras_lib(flavor)
+    model, x = GRAPHS[name][0](K, padding)
+    want = model(x, training=False)
+    got, mask = parity.from_keras(model)(x)
+    np.testing.assert_allclose(np.asarray(one(got)), np.asarray(want), **ref.TOL["float32"])
+    want_mask = keras_mask(flavor, want)
+    if want_mask is None:
+        assert one(mask) is None
+    else:
+        np.testing.assert_array_equal(np.asarray(one(mask)), want_mask)
