@@ -821,6 +821,29 @@ def batch_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
+def replicate(tree, mesh: Mesh):
+    """``tree`` (arrays, NumPy or Python scalars) replicated on every device of ``mesh``.
+
+    In a multi-process run every process passes the same values, and each one places its own copy with
+    ``jax.make_array_from_process_local_data``: no device collective runs. (``jax.device_put`` of host values
+    onto devices of several processes first checks with an all-gather that the processes agree; called from a
+    prefetch thread while the step runs, that collective can interleave with the step's in a different order in
+    each process, and both wait forever.) Arrays already spread over several processes are resharded with
+    ``jax.device_put``.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(value):
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            return value if value.sharding == sharding else jax.device_put(value, sharding)
+        host = np.asarray(jnp.asarray(value))  # jnp: the dtype device_put would give (float32 for a Python float)
+        return jax.make_array_from_process_local_data(sharding, host, host.shape)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def process_rows(n: int, mesh: Mesh) -> slice:
     """The rows of a global batch of ``n`` rows that this process's devices hold when it is split along
     ``"batch"`` (``slice(0, n)`` when it is replicated: ``n`` does not divide by the devices on the axis).

@@ -216,10 +216,13 @@ class TrainStep:
         return self.replicate(state)
 
     def replicate(self, tree):
-        """Place ``tree`` replicated on every device of the mesh (no-op without a mesh)."""
+        """Place ``tree`` replicated on every device of the mesh (no-op without a mesh); no device collective in a
+        multi-process run (see :func:`jaxmask.training._data.replicate`), so it is safe from the prefetch thread."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        from jaxmask.training._data import replicate  # noqa: PLC0415
+
+        return replicate(tree, self.mesh)
 
     def results(self, acc: Accumulators) -> dict:
         """``{"loss": Σ loss·B / Σ B, <metric>: result, ..., "nonfinite_steps": n}`` as jax scalars."""
