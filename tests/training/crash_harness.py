@@ -233,7 +233,7 @@ def run_reference(root, env, processes: int = 1):
         ref = os.path.join(root, name)
         os.makedirs(ref)
         paths = events_of(ref, "", processes)
-        rcs, stderr = run_attempt(ref, paths, "none", env, 0.0)
+        rcs, stderr = run_attempt(ref, paths, "none", env, 0.0, timeout=300 * processes**2)
         if any(rcs):
             raise CampaignError(f"{name} run failed ({rcs}):\n{stderr[-3000:]}")
         finals.append(read_final(ref, processes))
@@ -298,7 +298,7 @@ def campaign(kills: int, seed: int, root: str, plans: list[str] | None = None, l
                 )
             paths = events_of(workdir, f"{attempt:03d}", processes)
             t0 = time.monotonic()
-            rcs, stderr = run_attempt(workdir, paths, plan, env, fit_seconds)
+            rcs, stderr = run_attempt(workdir, paths, plan, env, fit_seconds, timeout=300 * processes**2)
             seconds = time.monotonic() - t0
             want = expected or "fresh"
             started_as = []
