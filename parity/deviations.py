@@ -131,5 +131,17 @@ DEVIATIONS = {
             upstream="keras/src/ops/nn.py _normalize (order 2); tf_keras/src/layers/normalization/"
             "unit_normalization.py (tf.linalg.l2_normalize).",
         ),
+        Deviation(
+            name="keras-jax-dot-normalize-zero-vector-nan-grad",
+            references=("keras3-jax",),
+            summary="Dot(normalize=True) on Keras 3's JAX backend computes x · min(rsqrt(Σx²), 1e7): for an all-zero "
+            "vector (a padded step after a bias-free or zero-bias projection) the value is 0 but the gradient is "
+            "0 · inf = NaN, which makes every weight's gradient NaN. The TF backend and tf_keras give finite "
+            "gradients.",
+            jaxmask="x · rsqrt(max(Σx², ε²)), the same values (ε = 1e-7 Keras 3, 1e-6 tf_keras) with finite "
+            "gradients; the graph case merge_dot_cosine runs on keras3 and tf_keras only.",
+            upstream="keras/src/ops/nn.py _normalize (inv_norm = minimum(rsqrt(square_sum), 1 / epsilon)); "
+            "keras/src/layers/merging/dot.py.",
+        ),
     )
 }

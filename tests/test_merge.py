@@ -417,6 +417,20 @@ def test_jm_layers_built_directly_match_keras_layers(lib_name):
                                       np.asarray(want_mask), err_msg=f"{kind} mask")
 
 
+@pytest.mark.keras
+@pytest.mark.parametrize("lib_name", ["keras3", "tf_keras"])
+def test_dot_normalize_caps_tiny_norms_like_keras(lib_name):
+    K = _lib(lib_name)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 4, F)).astype(np.float32)
+    x[0] *= 3e-7 / np.linalg.norm(x[0], axis=-1, keepdims=True)  # norm 3e-7: Keras 3 scales it to 1, tf_keras to 0.3
+    x[1] = 0.0
+    y = rng.normal(size=(3, 5, F)).astype(np.float32)
+    want = np.asarray(K.layers.Dot(axes=2, normalize=True)([x, y]))
+    got = jm.nn.Dot(axes=2, normalize=True, semantics=lib_name)([x, y])
+    np.testing.assert_allclose(got, want, **TOL["float32"])
+
+
 def _tampered(path, edit):
     """A copy of the .keras archive at ``path`` with ``edit(layer_entry)`` applied to every layer entry."""
     with zipfile.ZipFile(path) as z:

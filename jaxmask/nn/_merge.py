@@ -61,8 +61,9 @@ def _as_arrays(layer: str, x, n: int | None = None) -> list:
     return xs
 
 
-def _as_masks(layer: str, xs: list, mask) -> list:
-    """``mask`` as a list parallel to ``xs`` of None / bool arrays, each matching the leading axes of its input."""
+def _as_masks(layer: str, xs: list, mask, leading: bool = True) -> list:
+    """``mask`` as a list parallel to ``xs`` of None / bool arrays; with ``leading``, each must match the leading
+    axes of its input ([B, T] for [B, T, F]), where a layer broadcasts masks into values as Keras does."""
     if mask is None:
         return [None] * len(xs)
     if not isinstance(mask, (list, tuple)):
@@ -76,7 +77,7 @@ def _as_masks(layer: str, xs: list, mask) -> list:
             out.append(None)
             continue
         m = jnp.asarray(m)
-        if m.ndim > v.ndim or m.shape != v.shape[: m.ndim]:
+        if leading and (m.ndim > v.ndim or m.shape != v.shape[: m.ndim]):
             raise ValueError(f"{layer}: `mask[{i}]` must match the leading axes of `x[{i}]` (shape {v.shape}), "
                              f"e.g. [B, T]; received shape {m.shape}.")
         if m.dtype != jnp.bool_:
@@ -111,29 +112,41 @@ class _Merge(Layer):
     """An element-wise merge of a list of inputs (see the module docstring for the mask rules)."""
 
     n_inputs: int | None = None
+    masks_enter_values = False  # Keras 3's Multiply, Maximum, Minimum
 
     def __init__(self, *, semantics: str = "keras3"):
         self.semantics = check_semantics(type(self).__name__, semantics)
 
+    def _masks(self, xs, mask):
+        leading = self.masks_enter_values and self.semantics == "keras3"
+        return _as_masks(type(self).__name__, xs, mask, leading=leading)
+
     def _prepare(self, x, mask):
         layer = type(self).__name__
         xs = _as_arrays(layer, x, self.n_inputs)
-        masks = _as_masks(layer, xs, mask)
+        masks = self._masks(xs, mask)
         xs = _same_rank(xs)
         shape = _broadcast_shape(layer, xs)
         return [jnp.broadcast_to(v, shape) for v in xs], masks
 
     def compute_output_mask(self, x, mask):
         xs = _as_arrays(type(self).__name__, x, self.n_inputs)
-        masks = _as_masks(type(self).__name__, xs, mask)
+        masks = self._masks(xs, mask)
         present = [m for m in masks if m is not None]
         if not present:
             return None
-        if self.semantics == "keras3":
-            if len(present) < len(masks):
-                return None
-            return _reduce(jnp.logical_or, present)
-        return _reduce(jnp.logical_and, present)
+        if self.semantics == "keras3" and len(present) < len(masks):
+            return None
+        if len({m.ndim for m in present}) > 1:
+            raise ValueError(f"{type(self).__name__}: the input masks must have the same rank to be merged; received "
+                             f"shapes {[tuple(m.shape) for m in present]}.")
+        try:
+            shape = jnp.broadcast_shapes(*(m.shape for m in present))
+        except ValueError:
+            raise ValueError(f"{type(self).__name__}: the input masks must broadcast together; received shapes "
+                             f"{[tuple(m.shape) for m in present]}.") from None
+        present = [jnp.broadcast_to(m, shape) for m in present]
+        return _reduce(jnp.logical_or if self.semantics == "keras3" else jnp.logical_and, present)
 
     def __call__(self, x, mask=None):
         xs, masks = self._prepare(x, mask)
@@ -200,6 +213,8 @@ class Multiply(_Merge):
     Output mask as in :class:`Add`. Keras equivalent: ``keras.layers.Multiply()``.
     """
 
+    masks_enter_values = True
+
     def _merge(self, xs, masks):
         if self.semantics == "tf_keras":
             return _reduce(jnp.multiply, xs)
@@ -220,6 +235,7 @@ class Multiply(_Merge):
 
 class _Extremum(_Merge):
     op = None
+    masks_enter_values = True
 
     def _merge(self, xs, masks):
         op = type(self).op
@@ -355,7 +371,8 @@ class Dot(Layer):
     Args:
       axes: an int (the same axis of both) or a pair (axis of x1, axis of x2); not the batch axis 0.
       normalize: L2-normalise both inputs along their dot axis first (Keras 3 caps 1/‖x‖ at 1e7, tf_keras at 1e6;
-        a zero vector gives 0, never NaN).
+        a zero vector, e.g. a padded step, gives 0 with finite gradients; Keras 3 on JAX gives NaN gradients there:
+        the named deviation ``keras-jax-dot-normalize-zero-vector-nan-grad``).
       semantics: "keras3" (default) or "tf_keras" (only the normalisation cap differs).
 
     Returns:
@@ -391,7 +408,7 @@ class Dot(Layer):
 
     def __call__(self, x, mask=None):
         xs = _as_arrays("Dot", x, 2)
-        _as_masks("Dot", xs, mask)
+        _as_masks("Dot", xs, mask, leading=False)  # Keras' Dot ignores masks of any shape
         a0, a1 = self._axes(xs)
         x1, x2 = xs
         if self.normalize:
