@@ -452,13 +452,15 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=None, help="workers at once (default 1; dry run 2)")
     ap.add_argument("--precision-ab", nargs="*", metavar="SHAPE", choices=list(SHAPES) + list(DRY_SHAPES),
                     help="only time float32 against mixed_bfloat16 here, alternated (default shapes: seed large)")
+    ap.add_argument("--ab-rounds", type=int, default=5, help="--precision-ab: alternated rounds")
+    ap.add_argument("--ab-reps", type=int, default=None, help="--precision-ab: timed steps per round")
     ap.add_argument("--worker", choices=["equality", "timing"], help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.dry_run:
         os.environ["JAX_PLATFORMS"] = "cpu"
     if args.precision_ab is not None:
-        rows = precision_ab(args.precision_ab or ["seed", "large"])
+        rows = precision_ab(args.precision_ab or ["seed", "large"], args.ab_rounds, args.ab_reps)
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "command": " ".join(sys.argv)}
         path = args.out / f"precision-ab-{rows[0]['backend']}.json"

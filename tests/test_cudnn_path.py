@@ -353,9 +353,9 @@ def test_gpu_benchmark_dry_run(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
-    out = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path), "--budget-s", "500",
+    out = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path), "--budget-s", "900",
                           "--peers", "jaxmask-scan", "jaxmask-cudnn-pre", "keras3-jax"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     report = json.loads((tmp_path / "gpu-dry-run.json").read_text())
     assert (tmp_path / "gpu-dry-run.md").read_text().startswith("# GPU benchmark (DRY RUN")
