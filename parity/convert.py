@@ -107,12 +107,14 @@ def convert(keras_model):
     for (name, _, module), keras_vars in zip(_graph.layers_of(model), variables):
         for w, var in zip(weights_of(module), keras_vars or []):
             if var.trainable and isinstance(variable(module, w.attrs), nnx.Param):
-                bindings.append(Binding(_var_name(var), var, paths[id(module)] + tuple(w.attrs)))
+                bindings.append(Binding(_var_name(var, keras_model.name), var, paths[id(module)] + tuple(w.attrs)))
     return model, bindings
 
 
-def _var_name(var) -> str:
-    return getattr(var, "path", None) or var.name
+def _var_name(var, prefix: str = "") -> str:
+    """Keras' name of a variable (``dense/kernel``), without the model's own name in front."""
+    name = getattr(var, "path", None) or var.name
+    return name[len(prefix) + 1:] if prefix and name.startswith(prefix + "/") else name
 
 
 def _module_paths(model) -> dict:
