@@ -25,6 +25,14 @@ from parity._keras import keras_module
 from parity._losses import LossSpec, jax_loss, keras_loss, reference_uses_logits
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiLoss:
+    """Losses of a model with several outputs, as Keras' ``compile(loss=[...], loss_weights=[...])``:
+    ``Σ_k w_k · loss_k(y_k, output_k)``, each output with its own mask. ``losses``: ``((LossSpec, w_k), ...)``."""
+
+    losses: tuple
+
+
 @dataclasses.dataclass
 class Result:
     outputs: list  # np arrays
@@ -74,6 +82,12 @@ class KerasTarget:
             for o in outs[1:]:
                 total = total + ops.mean(ops.square(o))
             return total
+        if isinstance(spec, MultiLoss):
+            total = None
+            for (one, weight), y_k, out in zip(spec.losses, y, outs):
+                value = weight * keras_loss(self.K, self.flavor, self.backend, one, y_k, out, sw)
+                total = value if total is None else total + value
+            return total
         return keras_loss(self.K, self.flavor, self.backend, spec, y, outs[0], sw)
 
     # ---------------------------------------------------------------------------------- evaluation
@@ -90,7 +104,7 @@ class KerasTarget:
         with tf.GradientTape() as tape:
             outs = flatten(self.obj(x, training=False, **kwargs))
             mask = self._get_mask(outs[0])
-            logits = spec is not None and reference_uses_logits(self.K, "tensorflow", spec, y, outs[0])
+            logits = isinstance(spec, LossSpec) and reference_uses_logits(self.K, "tensorflow", spec, y, outs[0])
             values = self._loss(spec, outs, y, sw)
             loss = tf.reduce_sum(values)
         grads = tape.gradient(loss, variables)
@@ -214,11 +228,18 @@ def jm_forward(module, x, kwargs, want_logits=False):
             x = layer(x, mask=mask)
             mask = next_mask
         return [x], mask, logits
+    if isinstance(module, jm.nn.Model):  # returns (outputs, output masks): only the outputs enter the loss
+        outs, masks = module(x, **kwargs)
+        return flatten(outs), masks, None
     outs = flatten(module(x, **kwargs))
     return outs, module.compute_output_mask(x, kwargs.get("mask")), None
 
 
 def _jm_loss(spec, outs, mask, logits, y, sw):
+    if isinstance(spec, MultiLoss):
+        masks = mask if isinstance(mask, list) else [mask] * len(outs)
+        return sum(weight * jax_loss(one, y_k, out, m, sw) for (one, weight), y_k, out, m
+                   in zip(spec.losses, y, outs, masks))
     if spec is None:
         total = jnp.mean(jnp.square(outs[0]))
         for o in outs[1:]:
@@ -260,6 +281,7 @@ def jm_evaluate(module, bindings, x, y=None, sw=None, spec=None, want_logits=Fal
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     (loss, (outs, mask, values)), grads = _jm_value_and_grad(graphdef, spec, want_logits, params, rest, x, y, sw,
                                                              kwargs or {})
+    mask = mask[0] if isinstance(mask, list) else mask  # the first output's, as the Keras side reports
     return Result(
         outputs=[np.asarray(o) for o in outs],
         mask=None if mask is None else np.asarray(mask).astype(bool),

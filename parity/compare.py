@@ -192,7 +192,11 @@ def position_mask(jm_model, output_mask):
 
 
 def input_mask(jm_model, x):
-    """The mask the first masking layer creates (None without one)."""
+    """The mask the first masking layer creates (None without one); for a functional model, the rows of the
+    first input that are not all padding (0)."""
+    if isinstance(jm_model, jm.nn.Model):
+        first = np.asarray(x[0] if isinstance(x, list) else x)
+        return first.reshape(first.shape[0], first.shape[1], -1).any(axis=-1) if first.ndim >= 2 else None
     mask = None
     for layer in jm_model.layers:
         mask = layer.compute_output_mask(x, mask)
@@ -229,13 +233,13 @@ def run_model_check(
             param = _param(ours, b.path)
             param.set_value(param.get_value() + np.float32(perturb))
     target = KerasTarget(keras_model, bindings, flavor_of(keras_model), backend_of(keras_model))
-    x = np.asarray(x)
-    y = None if y is None else np.asarray(y)
+    x = _arrays(x)
+    y = None if y is None else _arrays(y)
     sw = None if sample_weight is None else np.asarray(sample_weight, np.float32)
 
     keras_sw = sw
     native_error = None
-    if sw is not None and sw.ndim == 1 and spec is not None and spec.semantics == "keras3" and y is not None \
+    if sw is not None and sw.ndim == 1 and isinstance(spec, LossSpec) and spec.semantics == "keras3" and y is not None \
             and _returns_sequences(ours):
         # Keras 3 cannot take [B] weights with a [B, T] loss (DEVIATIONS["keras3-per-sample-weight"]).
         try:
@@ -288,6 +292,28 @@ def run_model_check(
     return finish(report, started)
 
 
+def _arrays(v):
+    return [np.asarray(a) for a in v] if isinstance(v, (list, tuple)) else np.asarray(v)
+
+
+def _check_multi_output(keras_model, x, y, sample_weight, losses, loss_weights, reduction, semantics, loss_kwargs,
+                        steps, optimizer, learning_rate, name):
+    from parity._sides import MultiLoss
+
+    if not isinstance(y, (list, tuple)) or len(y) != len(losses):
+        raise ValueError(f"with {len(losses)} losses `y` must be a list of {len(losses)} targets (one per output); "
+                         f"received {type(y).__name__}.")
+    weights = [1.0] * len(losses) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(losses):
+        raise ValueError(f"`loss_weights` must hold {len(losses)} numbers, one per loss; received {len(weights)}.")
+    if semantics is None:
+        semantics = "tf_keras" if flavor_of(keras_model) == "tf_keras" else "keras3"
+    kw = tuple(sorted((loss_kwargs or {}).items()))
+    spec = MultiLoss(tuple((LossSpec(loss, kw, reduction, semantics), w) for loss, w in zip(losses, weights)))
+    return run_model_check(keras_model, x, y, sample_weight, spec, steps=steps, optimizer=optimizer,
+                           learning_rate=learning_rate, name=name or getattr(keras_model, "name", "model"))
+
+
 def _param(module, path):
     for key in path:
         module = module[key] if isinstance(key, int) else getattr(module, key)
@@ -321,7 +347,7 @@ def _gap_nan_rows(jm_model, x, keras: Result):
 
 def _nan_loss_deviation(report: Report, keras: Result, mine: Result, spec, reference) -> bool:
     """A fully masked batch: tf_keras (and Keras <= 2.2.4) give NaN, jaxmask 0 with zero gradients."""
-    if spec is None or np.isfinite(keras.loss) or mine.mask is None or mine.mask.any():
+    if not isinstance(spec, LossSpec) or np.isfinite(keras.loss) or mine.mask is None or mine.mask.any():
         return False
     name = {"tf_keras": "tf_keras-nan-fully-masked-batch", "tf_keras_pre212": None,
             "keras_legacy": "keras-legacy-nan-fully-masked-batch"}.get(spec.semantics)
@@ -353,6 +379,7 @@ def check_model(
     optimizer: str = "sgd",
     learning_rate: float = 0.01,
     name: str | None = None,
+    loss_weights=None,
 ) -> Report:
     """Check that jaxmask reproduces ``keras_model`` number by number.
 
@@ -366,10 +393,14 @@ def check_model(
 
     Args:
       keras_model: a built Keras 3 (TF or JAX backend) or tf_keras model accepted by ``from_keras``.
-      x: [B, T, F] float inputs (padding written as the Masking value) or [B, T] int token ids.
-      y: targets for ``loss``; None compares the probe loss ``mean(output²)`` instead.
+      x: [B, T, F] float inputs (padding written as the Masking value) or [B, T] int token ids; a list of arrays
+        for a model with several inputs (``keras_model.inputs`` order).
+      y: targets for ``loss`` (a list, one per output, with a list of losses); None compares the probe loss
+        ``Σ_k mean(output_k²)`` instead.
       sample_weight: None, [B] (per sample) or [B, T] weights.
-      loss: a Keras loss name ("mse", "binary_crossentropy", ...); required with ``y``.
+      loss: a Keras loss name ("mse", "binary_crossentropy", ...); required with ``y``. A list of names (one per
+        output) computes ``Σ_k loss_weights[k] · loss_k`` as Keras' ``compile(loss=[...], loss_weights=[...])``.
+      loss_weights: with a list of losses, one weight per output (default 1 each).
       reduction: Keras reduction ("sum_over_batch_size", "sum", "mean_with_sample_weight", "none").
       semantics: jaxmask loss semantics; default "keras3" for Keras 3 models, "tf_keras" for tf_keras ones.
       loss_kwargs: extra loss arguments (``from_logits``, ``label_smoothing`` ...).
@@ -391,6 +422,9 @@ def check_model(
     """
     if (y is None) != (loss is None):
         raise ValueError("`y` and `loss` go together: pass both (e.g. loss='mse') or neither (probe loss).")
+    if isinstance(loss, (list, tuple)):
+        return _check_multi_output(keras_model, x, y, sample_weight, list(loss), loss_weights, reduction, semantics,
+                                   loss_kwargs, steps, optimizer, learning_rate, name)
     from parity.optim import OPTIMIZERS
 
     if optimizer not in OPTIMIZERS:
