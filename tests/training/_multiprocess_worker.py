@@ -4,9 +4,9 @@
 
 Run with ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` (D CPU devices in this process). With
 NUM_PROCESSES > 1 it joins a ``jax.distributed`` run whose coordinator (process 0) listens on 127.0.0.1:PORT;
-the CPU collectives (gloo) run over 127.0.0.1 too. MODEL is ``lstm`` (the seed model in miniature) or ``dense``
-(Masking -> Dense: the same run, compiled in a fraction of the time). Every layout (1 x 4 devices, 2 x 2 ...)
-does the same work and writes OUT_JSON:
+the CPU collectives (gloo) run over 127.0.0.1 too. MODEL is ``lstm`` (the seed model in miniature), ``dense``
+(Masking -> Dense: the same run, compiled in a fraction of the time) or ``dense-light`` (``dense`` without
+``resumed`` and ``local``). Every layout (1 x 4 devices, 2 x 2 ...) does the same work and writes OUT_JSON:
 
 * ``fit``: ``Trainer.fit`` on the same arrays in every process (each process hands its rows of every global
   batch to ``make_array_from_process_local_data``): 2 epochs, shuffled, dropout, a validation split, a last
@@ -70,6 +70,8 @@ def main(out_path, workdir, process_id, num_processes, port, model_kind):
     def model():
         if model_kind == "lstm":
             return seed_model(3, units=8, dropout=0.3)
+        if model_kind not in ("dense", "dense-light"):
+            raise ValueError(f"MODEL must be lstm, dense or dense-light; received {model_kind!r}")
         rngs = nnx.Rngs(0)
         return jm.nn.Sequential([jm.nn.Masking(0.0), jm.nn.Dropout(0.3, rngs=rngs),
                                  jm.nn.Dense(3, 1, activation="sigmoid", rngs=rngs)])
@@ -105,14 +107,17 @@ def main(out_path, workdir, process_id, num_processes, port, model_kind):
     final = flat_host_arrays((trainer.state.params, trainer.state.opt_state, trainer.state.step))
     out["backups"] = sorted(os.listdir(os.path.join(workdir, "backup")))
 
-    resumed, history = run()
-    again = flat_host_arrays((resumed.state.params, resumed.state.opt_state, resumed.state.step))
-    out["resumed"] = {
-        "resumed": resumed.resumed,
-        "start": [resumed.start_epoch, resumed.start_batch],
-        "bit_identical": sorted(again) == sorted(final) and all(np.array_equal(again[k], final[k]) for k in final),
-        "history_equal": history.history == out["fit"]["history"],
-    }
+    if model_kind != "dense-light":  # "dense-light" (the default test) leaves out the resumed run and the loop
+        resumed, history = run()
+        again = flat_host_arrays((resumed.state.params, resumed.state.opt_state, resumed.state.step))
+        out["resumed"] = {
+            "resumed": resumed.resumed,
+            "start": [resumed.start_epoch, resumed.start_batch],
+            "bit_identical": sorted(again) == sorted(final) and all(np.array_equal(again[k], final[k]) for k in final),
+            "history_equal": history.history == out["fit"]["history"],
+        }
+    else:
+        out["resumed"] = None
 
     # each process feeds only its share of every global batch: a custom loop, and fit on a stream
     def shares(sizes):
@@ -123,16 +128,19 @@ def main(out_path, workdir, process_id, num_processes, port, model_kind):
             share = rows[np.array_split(np.arange(size), jax.process_count())[jax.process_index()]]
             yield x[share], y[share], mask[share]
 
-    ts = jm.training.make_train_step(model(), optax.adam(1e-2), "binary_crossentropy")
-    state = ts.init_state(model(), seed=2)
     mesh = jm.training.batch_mesh()
-    losses = []
-    for xs, ys, ms in shares((16, 16, 8)):
-        batch = {"x": xs, "y": ys, "mask": ms, "sample_weight": None}
-        state, step_logs = ts.step(state, jm.training.place_batch(batch, mesh, process_local=True))
-        losses.append(float(step_logs["loss"]))
-    out["local"] = {"losses": losses, "params": {k: np.asarray(v).tolist() for k, v in flat_host_arrays(state.params).items()}}
+    if model_kind != "dense-light":
+        ts = jm.training.make_train_step(model(), optax.adam(1e-2), "binary_crossentropy")
+        state = ts.init_state(model(), seed=2)
+        losses = []
+        for xs, ys, ms in shares((16, 16, 8)):
+            batch = {"x": xs, "y": ys, "mask": ms, "sample_weight": None}
+            state, step_logs = ts.step(state, jm.training.place_batch(batch, mesh, process_local=True))
+            losses.append(float(step_logs["loss"]))
+        params = {k: np.asarray(v).tolist() for k, v in flat_host_arrays(state.params).items()}
+        out["local"] = {"losses": losses, "params": params}
     trainer = jm.Trainer(model(), optax.adam(1e-2), "binary_crossentropy", metrics=["accuracy"], seed=5)
+
     class Shares:  # Keras' PyDataset protocol: __len__ and __getitem__ returning batches
         batches = [((xs, ms), ys) for xs, ys, ms in shares((16, 16, 16, 16))]
 

@@ -91,9 +91,10 @@ def check_same_training(tmp_path, model: str, timeout: float):
         for key, value in reference["fit"]["params"].items():
             np.testing.assert_allclose(out["fit"]["params"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
         assert out["fit"]["global_step"] == reference["fit"]["global_step"] == 10
-        np.testing.assert_allclose(out["local"]["losses"], reference["local"]["losses"], rtol=1e-5, atol=1e-6)
-        for key, value in reference["local"]["params"].items():
-            np.testing.assert_allclose(out["local"]["params"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        if "local" in reference:
+            np.testing.assert_allclose(out["local"]["losses"], reference["local"]["losses"], rtol=1e-5, atol=1e-6)
+            for key, value in reference["local"]["params"].items():
+                np.testing.assert_allclose(out["local"]["params"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
         for key, values in reference["stream"]["history"].items():
             np.testing.assert_allclose(out["stream"]["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
         for key, value in reference["stream"]["params"].items():
@@ -102,9 +103,10 @@ def check_same_training(tmp_path, model: str, timeout: float):
         assert "every process must give shares of the same shapes" in out["errors"]["uneven"]
         # backups every 3 steps of 10, max_to_keep=2; a fresh run resumed from the newest, ended bit-identical
         assert out["backups"] == reference["backups"] == ["e000001_b000000001", "e000001_b000000004"]
-        assert out["resumed"] == reference["resumed"] == {
-            "resumed": True, "start": [1, 4], "bit_identical": True, "history_equal": True
-        }
+        if reference["resumed"] is not None:
+            assert out["resumed"] == reference["resumed"] == {
+                "resumed": True, "start": [1, 4], "bit_identical": True, "history_equal": True
+            }
     # only process 0 wrote the loggers' files and drew the progress bar
     written = sorted(n for n in os.listdir(tmp_path / "two") if n.startswith("log-"))
     assert written == ["log-0.csv", "log-0.jsonl"]
@@ -112,12 +114,19 @@ def check_same_training(tmp_path, model: str, timeout: float):
 
 
 def test_two_processes_train_as_one_process_dense(tmp_path):
-    check_same_training(tmp_path, "dense", timeout=240)
+    """Default suite: fit on the same arrays, fit on per-process streamed shares, the batch layout, the share
+    errors, logs and progress bar from process 0 only, the backups the two processes wrote."""
+    check_same_training(tmp_path, "dense-light", timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_dense_resume_and_custom_loop(tmp_path):
+    check_same_training(tmp_path, "dense", timeout=540)
 
 
 @pytest.mark.slow
 def test_two_processes_train_as_one_process_lstm(tmp_path):
-    check_same_training(tmp_path, "lstm", timeout=540)
+    check_same_training(tmp_path, "lstm", timeout=900)
 
 
 def main(argv=None):
