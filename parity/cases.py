@@ -50,7 +50,8 @@ def L(kind: str, **kwargs) -> tuple:
 class Case:
     """One parity case. ``kind="model"``: ``arch`` is a stack of layer specs (a Masking layer is added in
     front unless the pattern is ``"none"`` or the stack starts with an Embedding). ``kind="layer"``: ``arch``
-    holds one recurrent (or Bidirectional) spec called directly with ``mask=`` (and ``initial_state=``)."""
+    holds one recurrent (or Bidirectional) spec called directly with ``mask=`` (and ``initial_state=``).
+    ``kind="graph"``: ``arch`` names a builder of :mod:`parity.graph_cases` and ``pattern`` its padding."""
 
     name: str
     arch: tuple
@@ -376,6 +377,15 @@ def _catalogue() -> list[Case]:
                      ("nadam", 0.02), ("lion", 0.005), ("ftrl", 0.2)):
         add(Case(f"train/optimizer/{name}", (rnn("simple_rnn"), mse_head), "mixed", "mse", steps=20, optimizer=name,
                  learning_rate=lr, tags=("trajectory",)))
+
+    # 10. functional graphs (parity/graph_cases): the eight keras.io-style models and each layer family's graphs,
+    # under each padding they accept; probe loss, gradients and a 3-step Adam trajectory
+    from parity.graph_cases import GRAPHS
+
+    for name, (_, paddings, references) in sorted(GRAPHS.items()):
+        for padding in paddings:
+            add(Case(f"graph/{name}/{padding}", (name,), padding, kind="graph", steps=3, optimizer="adam",
+                     learning_rate=0.01, only=tuple(references or REFERENCES), tags=("graph",)))
     return cases
 
 

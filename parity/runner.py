@@ -112,6 +112,14 @@ def run_case(case: catalogue.Case, reference: str, *, perturb: float = 0.0) -> R
     started = time.perf_counter()
     try:
         K = keras_module(REFERENCE_FLAVOR[reference])
+        if case.kind == "graph":
+            from parity.graph_cases import GRAPHS
+
+            K.utils.set_random_seed(case.seed % 2**31)
+            model, x = GRAPHS[case.arch[0]][0](K, case.pattern)
+            _randomize(model, case.seed)
+            return run_model_check(model, x, steps=case.steps, optimizer=case.optimizer,
+                                   learning_rate=case.learning_rate, name=case.name, tags=case.tags, perturb=perturb)
         data = catalogue.make_data(case)
         if case.kind == "layer":
             layer = build_layer(K, case, data)

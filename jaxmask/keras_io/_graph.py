@@ -245,6 +245,7 @@ class Replay:
             entries[name] = (at, e, nodes)
         if n_nodes > 4 * self.limits.max_layers:
             refuse(f"{where}: {n_nodes} layer calls, over the limit of {4 * self.limits.max_layers}.")
+        _check_references(entries)
         produced = {}  # (layer name, node index) -> flat tuple of output symbols
         inputs = []
         for ref_json in _ref_list(inner.get("input_layers"), f"{where}.config.input_layers"):
@@ -372,6 +373,56 @@ class Replay:
         kwargs.pop("training", None)
         explicit = kwargs.pop("mask", None)
         return args, kwargs, explicit
+
+
+def _node_refs(node, where):
+    """Every tensor reference ``(layer, node, index)`` in one serialised call (either dialect)."""
+    out, stack = [], [(node, where)]
+    while stack:
+        v, at = stack.pop()
+        r = _tensor_ref(v, at)
+        if r is not None:
+            out.append(r)
+        elif isinstance(v, list):
+            stack.extend((x, at) for x in v)
+        elif isinstance(v, dict):
+            stack.extend((x, at) for x in v.values())
+    return out
+
+
+def _check_references(entries) -> None:
+    """Before anything is built: every reference names a layer and a call it makes, and the calls form no cycle."""
+    deps = {}
+    for name, (at, e, nodes) in entries.items():
+        for k, node in enumerate(nodes):
+            refs = _node_refs(node, f"{at}.inbound_nodes[{k}]")
+            for layer, call, _ in refs:
+                if layer not in entries:
+                    refuse(f"{at}.inbound_nodes[{k}]: reference to {layer!r:.80}, which is not a layer of the model.")
+                made = max(1, len(entries[layer][2]))
+                if call >= made:
+                    refuse(f"{at}.inbound_nodes[{k}]: reference to call {call} of {layer!r:.80}, which the model "
+                           f"never makes (it is called {made} time(s)).")
+            deps[(name, k)] = {(layer, call) for layer, call, _ in refs}
+    state = {}
+    for start in deps:  # iterative DFS: a call reached again while still open closes a cycle
+        if start in state:
+            continue
+        stack = [(start, iter(deps[start]))]
+        state[start] = "open"
+        while stack:
+            key, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[key] = "done"
+                stack.pop()
+            elif child in deps:
+                if state.get(child) == "open":
+                    refuse(f"{entries[key[0]][0]}.inbound_nodes[{key[1]}]: its inputs are never computed (a cycle "
+                           f"through {child[0]!r:.80}).")
+                if child not in state:
+                    state[child] = "open"
+                    stack.append((child, iter(deps[child])))
 
 
 def _at(where: str, i: int, e) -> str:

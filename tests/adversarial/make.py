@@ -437,7 +437,66 @@ def attacks(outdir: str) -> dict[str, tuple[Attack, object]]:
           "Lambda", "zip parser confusion"), lambda: _duplicate_member())
     add(A("not_a_model.keras", "model", "neither", "random bytes", "malformed input"),
         lambda: np.random.default_rng(0).bytes(4096))
+    _graph_attacks(add, A)
     return out
+
+
+def _tensor(layer, node=0, index=0, shape=(None, T, F)):
+    return {"class_name": "__keras_tensor__", "config": {"shape": list(shape), "dtype": "float32",
+                                                         "keras_history": [layer, node, index]}}
+
+
+def _graph_config(edges, output=("dense_b", 0, 0), extra_nodes=None):
+    """A functional config: an InputLayer ``inp`` and Dense layers ``name -> inbound refs`` (Keras 3 format)."""
+    layers = [{"module": "keras.layers", "class_name": "InputLayer", "name": "inp", "inbound_nodes": [],
+               "config": {"batch_shape": [None, T, F], "dtype": "float32", "sparse": False, "ragged": False,
+                          "name": "inp", "optional": False}, "registered_name": None}]
+    for name, refs in edges.items():
+        entry = _layer("Dense", {"units": F, "activation": "linear", "use_bias": True})
+        entry["config"]["name"] = entry["name"] = name
+        entry["inbound_nodes"] = extra_nodes if (extra_nodes is not None and name == "dense_a") else [
+            {"args": [_tensor(*r) for r in refs], "kwargs": {}}]
+        layers.append(entry)
+    return {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+            "config": {"name": "crafted", "trainable": True, "layers": layers,
+                       "input_layers": ["inp", 0, 0], "output_layers": list(output)}}
+
+
+def _graph_weights(names):
+    def build(f):
+        f.create_group("vars")
+        for i, name in enumerate(names):
+            path = "layers/dense" + (f"_{i}" if i else "")
+            f[f"{path}/vars/0"] = np.zeros((F, F), np.float32)
+            f[f"{path}/vars/1"] = np.zeros((F,), np.float32)
+    return h5_image(build)
+
+
+def _graph_attacks(add, A):
+    """Crafted functional graphs: each refused before anything is built or read."""
+    two = ["dense_a", "dense_b"]
+    add(A("graph_cycle.keras", "model", "never computed", "dense_a reads dense_b, dense_b reads dense_a",
+          "graph cycle"),
+        lambda: keras_archive(_graph_config({"dense_a": [("dense_b",)], "dense_b": [("dense_a",)]}),
+                              _graph_weights(two)))
+    add(A("graph_missing_layer.keras", "model", "not a layer of the model", "a node reading a layer that does "
+          "not exist", "dangling reference"),
+        lambda: keras_archive(_graph_config({"dense_a": [("inp",)], "dense_b": [("ghost",)]}), _graph_weights(two)))
+    add(A("graph_self_input.keras", "model", "never computed", "a layer called on its own output", "graph cycle"),
+        lambda: keras_archive(_graph_config({"dense_a": [("inp",)], "dense_b": [("dense_b",)]}),
+                              _graph_weights(two)))
+    add(A("graph_output_index_out_of_range.keras", "model", "output 5 of 'dense_a', which has 1 outputs",
+          "a reference to the 6th output of a one-output layer", "index out of range"),
+        lambda: keras_archive(_graph_config({"dense_a": [("inp",)], "dense_b": [("dense_a", 0, 5)]}),
+                              _graph_weights(two)))
+    add(A("graph_node_index_out_of_range.keras", "model", "call 3 of 'dense_a'",
+          "a reference to the 4th call of a layer called once", "index out of range"),
+        lambda: keras_archive(_graph_config({"dense_a": [("inp",)], "dense_b": [("dense_a", 3, 0)]}),
+                              _graph_weights(two)))
+    add(A("graph_million_nodes.keras", "model", "over the limit", "one layer with 10^6 inbound nodes",
+          "resource exhaustion"),
+        lambda: keras_archive(_graph_config({"dense_a": [("inp",)], "dense_b": [("dense_a",)]},
+                                            extra_nodes=[{}] * 10**6), _graph_weights(two)))
 
 
 def catalogue() -> list[Attack]:
