@@ -116,10 +116,14 @@ def _cuda_available() -> bool:
         return False
     if gpu_rnn is None:
         return False
-    try:
-        return len(jax.devices("cuda")) > 0
-    except RuntimeError:
-        return False
+    for backend in ("cuda", "gpu"):  # the CUDA plugin's name, then the generic one (ROCm also answers "gpu")
+        try:
+            devices = jax.devices(backend)
+        except RuntimeError:
+            continue
+        if devices and "rocm" not in str(getattr(devices[0].client, "platform_version", "")).lower():
+            return True
+    return False
 
 
 def plan(use_cudnn, cell_name, params, x, initial_state, recurrent_dropout, kernel: Kernel | None):
