@@ -143,5 +143,18 @@ DEVIATIONS = {
             upstream="keras/src/ops/nn.py _normalize (inv_norm = minimum(rsqrt(square_sum), 1 / epsilon)); "
             "keras/src/layers/merging/dot.py.",
         ),
+        Deviation(
+            name="keras-jax-unitnorm-zero-step-nan-grad",
+            references=("keras3-jax",),
+            summary="UnitNormalization on Keras 3's JAX backend computes x · min(rsqrt(Σx²), 1e12): at an all-zero "
+            "step (padding after Masking and a zero-bias Dense) the value is 0 but the gradient is 0 · inf = NaN, "
+            "which makes every weight below it NaN even when the loss masks that step. The TF backend gives "
+            "1e12 × the upstream gradient there (finite), tf_keras 1e6 ×.",
+            jaxmask="the TF backend's values and gradients (the clamped branch is chosen with a where, so rsqrt never "
+            "sees 0); the graph case norm_unitnorm_zero_steps runs on keras3 and tf_keras only, "
+            "norm_batchnorm_time_axis_unitnorm (no all-zero step) on all three.",
+            upstream="keras/src/ops/nn.py _normalize (inv_norm = minimum(rsqrt(square_sum), 1 / epsilon)); "
+            "keras/src/layers/normalization/unit_normalization.py.",
+        ),
     )
 }

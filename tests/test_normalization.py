@@ -638,3 +638,31 @@ def test_graph_cases_match_keras(name, padding, flavor):
         assert one(mask) is None
     else:
         np.testing.assert_array_equal(np.asarray(one(mask)), want_mask)
+
+
+_JAX_BACKEND_UNITNORM = """
+import numpy as np, jax, jax.numpy as jnp, keras
+x = np.zeros((2, 3, 2), "float32"); x[0, 0] = [1.0, 2.0]
+layer = keras.layers.UnitNormalization()
+g = np.asarray(jax.grad(lambda v: jnp.sum(layer(v) * 1.5))(jnp.asarray(x)))
+assert np.isfinite(g[0, 0]).all() and np.isnan(g[0, 1:]).all() and np.isnan(g[1]).all(), g
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+def test_keras3_jax_backend_unit_normalization_gradient_is_nan_at_zero_steps():
+    """Pins the named deviation keras-jax-unitnorm-zero-step-nan-grad (jaxmask: finite, the TF backend's value)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("keras")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _JAX_BACKEND_UNITNORM], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+    x = np.zeros((2, 3, 2), np.float32)
+    x[0, 0] = [1.0, 2.0]
+    g = jax.grad(lambda v: jnp.sum(jm.nn.UnitNormalization()(v) * 1.5))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(g)[1], 1.5e12, rtol=1e-6)

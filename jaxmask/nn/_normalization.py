@@ -251,8 +251,10 @@ class UnitNormalization(Layer):
 
     The two references differ only for norms below 1e-6 (Keras 3 clamps the norm at 1e-12, tf_keras the squared
     norm: a step of norm 1e-7 gives norm 1 in Keras 3 and 0.1 in tf_keras); an all-zero step (padding) gives 0
-    in both; its gradient is the clamp (1e12 per unit of upstream gradient in Keras 3, 1e6 in tf_keras), which a
-    masked loss multiplies by 0.
+    in both; its gradient is the clamp (1e12 per unit of upstream gradient in Keras 3 on TensorFlow, 1e6 in
+    tf_keras), which a masked loss multiplies by 0. Keras 3 on the JAX backend gives NaN there (0 · ∞ through
+    ``rsqrt(0)``); jaxmask gives the TensorFlow backend's finite value (deviation
+    keras-jax-unitnorm-zero-step-nan-grad).
 
     Args:
       axis: int or tuple of ints (not the batch axis 0).

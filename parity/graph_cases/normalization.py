@@ -60,15 +60,29 @@ def batchnorm_between_rnns(K, padding):
 @graph("norm_batchnorm_time_axis_unitnorm")
 def batchnorm_time_axis(K, padding):
     """BatchNormalization(axis=1) (one statistic per time step), UnitNormalization, LayerNormalization over time and
-    features, then a GRU with return_sequences: the mask passes through all three norms."""
+    features, then a GRU with return_sequences: the mask passes through all three norms. The Dense before the
+    UnitNormalization has a non-zero bias, so no step it sees is all zero (see norm_unitnorm_zero_steps)."""
     L = K.layers
     inputs = K.Input((T, F))
     x = L.BatchNormalization(axis=1, center=False)(L.Masking()(inputs))
-    x = L.LayerNormalization(axis=[1, 2], scale=False)(L.UnitNormalization()(L.Dense(4)(x)))
+    x = L.Dense(4, bias_initializer="ones")(x)
+    x = L.LayerNormalization(axis=[1, 2], scale=False)(L.UnitNormalization()(x))
     outputs = L.Dense(2)(L.GRU(3, return_sequences=True)(x))
     model = K.Model(inputs, outputs)
     _random_statistics(model, "norm_batchnorm_time_axis")
     return model, features(padding, "norm_batchnorm_time_axis")
+
+
+@graph("norm_unitnorm_zero_steps", references=("keras3", "tf_keras"))
+def unitnorm_zero_steps(K, padding):
+    """Masking -> Dense (zero bias) -> UnitNormalization -> GRU: padded steps reach UnitNormalization as all-zero
+    vectors (output 0, gradient the clamp). Not on keras3-jax: NaN gradients there
+    (deviation keras-jax-unitnorm-zero-step-nan-grad)."""
+    L = K.layers
+    inputs = K.Input((None, F))
+    x = L.UnitNormalization()(L.Dense(4)(L.Masking()(inputs)))
+    outputs = L.Dense(1)(L.GRU(3)(x))
+    return K.Model(inputs, outputs), features(padding, "norm_unitnorm_zero_steps")
 
 
 @graph("norm_layernorm_rms_scaling", references=("keras3", "keras3-jax"))
