@@ -23,10 +23,10 @@ tf_keras MHA                    ``softmax(s + (1 - m)(-1e9))`` (float32): unifor
 Attention, AdditiveAttention    ``softmax(where(m, s, s - 1e9))`` in both libraries (uniform for |s| < 32).
 ==============================  =======================================================================
 
-jaxmask reproduces each rule bit for bit in values and gradients (``semantics="keras3"`` or ``"tf_keras"``); none of
-them gives NaN, so neither does jaxmask. Rows with at least one allowed key agree in every variant: masked keys get
-weight exactly 0. Values at padded steps do enter the uniform rows, as in Keras; a non-finite value there therefore
-propagates (``0 · NaN``), again as in Keras.
+jaxmask reproduces each rule, values and gradients to float32 rounding (``semantics="keras3"`` or
+``"tf_keras"``); none of them gives NaN, so neither does jaxmask. Rows with at least one allowed key agree in every
+variant: masked keys get weight exactly 0. Values at padded steps do enter the uniform rows, as in Keras; a
+non-finite value there therefore propagates (``0 · NaN``), again as in Keras.
 """
 
 from __future__ import annotations
@@ -294,8 +294,8 @@ class MultiHeadAttention(Layer):
                 raise ValueError(f"`output_shape` must be an int or a 1-tuple (the output feature size); received "
                                  f"{output_shape!r}.")
             output_shape = output_shape[0]
-        if output_shape is not None and (isinstance(output_shape, bool) or not isinstance(output_shape, (int, np.integer))
-                                         or output_shape < 1):
+        bad_output = isinstance(output_shape, bool) or not isinstance(output_shape, (int, np.integer))
+        if output_shape is not None and (bad_output or output_shape < 1):
             raise ValueError(f"`output_shape` must be a positive int or None; received {output_shape!r}.")
         if semantics not in SEMANTICS:
             raise ValueError(f"`semantics` must be one of {list(SEMANTICS)}; received {semantics!r}.")
@@ -446,8 +446,8 @@ class Attention(Layer):
     def _inputs(self, inputs, mask):
         name = type(self).__name__
         if not isinstance(inputs, (list, tuple)) or not 2 <= len(inputs) <= 3:
-            raise ValueError(f"{name} must be called on a list [query, value] or [query, value, key]; received "
-                             f"{type(inputs).__name__}{'' if not isinstance(inputs, (list, tuple)) else f' of length {len(inputs)}'}.")
+            got = f"a list of length {len(inputs)}" if isinstance(inputs, (list, tuple)) else type(inputs).__name__
+            raise ValueError(f"{name} must be called on a list [query, value] or [query, value, key]; received {got}.")
         q = _sequence(inputs[0], "inputs[0] (query)", name)
         v = _sequence(inputs[1], "inputs[1] (value)", name)
         k = _sequence(inputs[2], "inputs[2] (key)", name) if len(inputs) == 3 else v
@@ -457,8 +457,9 @@ class Attention(Layer):
         if mask is None:
             return q, v, k, None, None
         if not isinstance(mask, (list, tuple)) or not 2 <= len(mask) <= len(inputs):
+            got = f"a list of length {len(mask)}" if isinstance(mask, (list, tuple)) else type(mask).__name__
             raise ValueError(f"{name}: `mask` must be a list [query_mask, value_mask] (entries may be None); received "
-                             f"{type(mask).__name__}{f' of length {len(mask)}' if isinstance(mask, (list, tuple)) else ''}.")
+                             f"{got}.")
         return (q, v, k, _optional_mask(mask[0], q.shape[:2], "mask[0] (query_mask)"),
                 _optional_mask(mask[1], v.shape[:2], "mask[1] (value_mask)"))
 
@@ -471,8 +472,8 @@ class Attention(Layer):
         weights = masked_softmax(scores, valid, masked_logits="subtract")
         if self.dropout > 0 and not self.deterministic:
             if self.rngs is None:
-                raise ValueError(f"{type(self).__name__} with dropout in training needs a dropout stream; build it with "
-                                 "rngs=nnx.Rngs(0).")
+                raise ValueError(f"{type(self).__name__} with dropout in training needs a dropout stream; build it "
+                                 "with rngs=nnx.Rngs(0).")
             keep = dropout_keep_mask(self.rngs(), self.dropout, weights.shape)
             weights = jnp.where(keep, weights / jnp.asarray(1.0 - self.dropout, weights.dtype),
                                 jnp.zeros((), weights.dtype))

@@ -26,7 +26,9 @@ def mha_self_attention_tokens(K, padding):
 @graph("mha_cross_attention_key")
 def mha_cross_attention_key(K, padding):
     q, v, k = K.Input((T, F)), K.Input((T - 2, 4)), K.Input((T - 2, 2))
-    y = K.layers.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=2, output_shape=5)(
+    # value_dim == key_dim: Keras 3's JAX backend fails on MHA with value_dim != key_dim (its dot_product_attention
+    # needs equal head sizes); tests/test_attention.py covers value_dim != key_dim on the TF backend and tf_keras.
+    y = K.layers.MultiHeadAttention(num_heads=2, key_dim=3, output_shape=5)(
         K.layers.Masking()(q), K.layers.Masking()(v), k)
     inputs = [features(padding, "mha_cross_q"), features(padding, "mha_cross_v", t=T - 2, f=4, full_row=False),
               features("post", "mha_cross_k", t=T - 2, f=2, full_row=False)]
