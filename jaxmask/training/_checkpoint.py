@@ -313,7 +313,7 @@ class CheckpointManager:
         return sorted(n for n in found if os.path.isdir(os.path.join(self.directory, n)))
 
     def clean_tmp(self) -> None:
-        """Delete ``.tmp-*`` directories left by a writer that was killed mid-save (process 0; all processes call it)."""
+        """Delete ``.tmp-*`` directories left by a writer killed mid-save (process 0; all processes call it)."""
         if _is_primary() and os.path.isdir(self.directory):
             for n in os.listdir(self.directory):
                 if n.startswith(".tmp-"):

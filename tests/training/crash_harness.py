@@ -98,7 +98,9 @@ def committed(directory: str) -> bool:
         with open(os.path.join(directory, "COMMIT"), "rb") as f:
             digests = json.loads(f.read())
         on_disk = sorted(
-            os.path.relpath(os.path.join(base, name), directory) for base, _, names in os.walk(directory) for name in names
+            os.path.relpath(os.path.join(base, name), directory)
+            for base, _, names in os.walk(directory)
+            for name in names
         )
         if "meta.json" not in digests or sorted(digests) != [p for p in on_disk if p != "COMMIT"]:
             return False

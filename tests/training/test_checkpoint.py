@@ -56,7 +56,8 @@ def test_corrupt_newest_is_skipped_for_the_previous(tmp_path):
 def test_restore_places_like_the_template_and_checks_structure_shapes_and_dtypes(tmp_path):
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
     replicated = NamedSharding(mesh, PartitionSpec())
-    tree = {"a": jax.device_put(jnp.arange(4.0, dtype=jnp.float32).reshape(2, 2), replicated), "b": np.ones(3, np.int32)}
+    a = jax.device_put(jnp.arange(4.0, dtype=jnp.float32).reshape(2, 2), replicated)
+    tree = {"a": a, "b": np.ones(3, np.int32)}
     ckpt.save_tree(tmp_path / "w", tree)
     ckpt.save_tree(tmp_path / "w", {"a": np.full((2, 2), 7, np.float32), "b": np.ones(3, np.int32)})  # replaced
     back = ckpt.load_tree(tmp_path / "w", tree)

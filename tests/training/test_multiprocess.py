@@ -31,7 +31,8 @@ def launch(workdir, processes: int, devices: int, model: str):
     os.makedirs(workdir)
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     # the resumed run compiles the same programs again: a per-layout persistent cache makes that a read
-    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     port = free_port() if processes > 1 else 0
     runs = []
@@ -99,7 +100,8 @@ def check_same_training(tmp_path, model: str, timeout: float):
             np.testing.assert_allclose(out["stream"]["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
         for key, value in reference["stream"]["params"].items():
             np.testing.assert_allclose(out["stream"]["params"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
-        assert "A per-process batch share of 3 rows does not split over this process's 2 devices" in out["errors"]["odd"]
+        odd = "A per-process batch share of 3 rows does not split over this process's 2 devices"
+        assert odd in out["errors"]["odd"]
         assert "every process must give shares of the same shapes" in out["errors"]["uneven"]
         # backups every 3 steps of 10, max_to_keep=2; a fresh run resumed from the newest, ended bit-identical
         assert out["backups"] == reference["backups"] == ["e000001_b000000001", "e000001_b000000004"]
@@ -153,7 +155,9 @@ def main(argv=None):
 
     summary = {
         "model": args.model,
-        "max_abs_diff": {f"{part}.{key}": gap(part, key) for part in ("fit", "stream") for key in ("history", "params")},
+        "max_abs_diff": {
+            f"{part}.{key}": gap(part, key) for part in ("fit", "stream") for key in ("history", "params")
+        },
         "local_loop_max_loss_diff": max(
             abs(a - b) for o in outs for a, b in zip(o["local"]["losses"], reference["local"]["losses"])
         ),
