@@ -26,3 +26,21 @@ def test_readme_commands_match_ci():
     assert install, "README must show the test command"
     assert 'pip install -q -e ".[dev,parity]"' in ci and "\npython -m pytest" in ci
     assert "python -m parity" in text
+
+
+def test_readme_take_over_example_runs(tmp_path, monkeypatch):
+    """The "take over your Keras model" example: from_keras equals Keras, and to_keras round-trips."""
+    import pytest
+
+    keras = pytest.importorskip("keras")
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, str(README), "exec"), scope)
+    x = [scope["ids"], np.zeros((2, 3), "float32")]
+    want = np.asarray(scope["model"](x))
+    np.testing.assert_allclose(np.asarray(scope["y"]), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scope["back"](x)), want, atol=1e-6)
+    loaded, _ = __import__("jaxmask").keras_io.load_model(tmp_path / "m.keras")(x)
+    np.testing.assert_allclose(np.asarray(loaded), want, atol=1e-5)
+    assert isinstance(scope["back"], keras.Model)
