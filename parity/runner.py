@@ -63,9 +63,14 @@ def make_layer(K, spec):
 
 
 def _randomize(obj, seed: int) -> None:
-    """Deterministic N(0, 0.5²) weights (biases included, so that bias paths are exercised)."""
+    """Deterministic N(0, 0.5²) weights (biases included, so that bias paths are exercised); variances
+    (BatchNormalization's ``moving_variance``) get |N(0, 0.5²)| + 0.5 so that they stay variances."""
     rng = np.random.default_rng(seed)
-    obj.set_weights([rng.normal(0.0, 0.5, np.shape(w)).astype(np.float32) for w in obj.get_weights()])
+    values = []
+    for w in obj.weights:
+        v = rng.normal(0.0, 0.5, tuple(w.shape)).astype(np.float32)
+        values.append(np.abs(v) + np.float32(0.5) if "variance" in (getattr(w, "path", None) or w.name) else v)
+    obj.set_weights(values)
 
 
 _MODELS: dict = {}
