@@ -587,10 +587,6 @@ def test_crafted_norm_configs_are_refused(tmp_path, cls, config, message):
         jm.keras_io.load_model(_crafted(tmp_path, cls, config))
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="jm.Trainer merges the model's non-Param state (BatchStat) "
-                   "outside the differentiated function, so a layer that updates it in training raises "
-                   "TraceContextError; fix in jaxmask/training/_step.py: nnx.merge(..., copy=True) in _forward "
-                   "(checked by monkeypatching: the moving statistics then match this test's reference)")
 def test_trainer_updates_batch_norm_moving_statistics():
     rngs = nnx.Rngs(0)
     inp = jm.nn.Input((None, F))

@@ -236,7 +236,7 @@ class TrainStep:
     # ------------------------------------------------------------------------------------ pure core
 
     def _forward(self, graphdef, params, rngs, other, batch):
-        model = nnx.merge(graphdef, params, rngs, other)
+        model = nnx.merge(graphdef, params, rngs, other, copy=True)  # layers may write state (BatchNorm stats)
         y_pred, out_mask = _call_model(model, batch["x"], batch["mask"])
         mask = loss_mask(out_mask, batch["mask"])
         if isinstance(self.loss, OutputLosses):  # several outputs, or weighted: Σ w_i · loss_i
