@@ -419,6 +419,22 @@ def test_jm_layers_built_directly_match_keras_layers(lib_name):
 
 @pytest.mark.keras
 @pytest.mark.parametrize("lib_name", ["keras3", "tf_keras"])
+def test_concatenate_of_vectors_with_per_sample_masks_matches_keras(lib_name):
+    """[B, H] inputs (no time axis) whose masks are [B] (Keras' Masking on a 2-D input)."""
+    K = _lib(lib_name)
+    x1 = np.array([[1, 2, 3], [0, 0, 0], [0, 0, 0]], np.float32)
+    x2 = np.array([[1, 1], [1, 0], [0, 0]], np.float32)
+    m1, m2 = (x1 != 0).any(-1), (x2 != 0).any(-1)
+    for masks in ([m1, m2], [m1, None]):
+        a, b = K.Input((3,)), K.Input((2,))
+        hb = K.layers.Masking()(b) if masks[1] is not None else b
+        model = K.Model([a, b], K.layers.Concatenate()([K.layers.Masking()(a), hb]))
+        want = keras_mask(lib_name, model([x1, x2]))
+        np.testing.assert_array_equal(jm.nn.Concatenate(semantics=lib_name).compute_output_mask([x1, x2], masks), want)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("lib_name", ["keras3", "tf_keras"])
 def test_dot_normalize_caps_tiny_norms_like_keras(lib_name):
     K = _lib(lib_name)
     rng = np.random.default_rng(8)
