@@ -29,9 +29,14 @@ def test_catalogue_covers_the_axes():
     assert {c.semantics for c in cases} >= {None, "tf_keras_pre212", "keras_legacy"}
     assert {c.reduction for c in cases} >= {"sum_over_batch_size", "sum", "mean_with_sample_weight", "none"}
     assert {c.weights for c in cases} >= {None, "per_sample", "temporal"}
-    assert {c.optimizer for c in cases if c.steps} == {"sgd", "adam"}
+    assert {c.optimizer for c in cases if c.steps} >= {"sgd", "adam", "rmsprop", "adamw", "lion", "ftrl"}
     assert any(c.steps == 20 for c in cases)
-    assert {c.kind for c in cases} == {"model", "layer"}
+    assert {c.kind for c in cases} == {"model", "layer", "graph"}
+    graphs = {c.arch[0] for c in cases if c.kind == "graph"}
+    assert {f"model/{m}" for m in ("bilstm_classifier", "encoder_decoder", "transformer_classifier",
+                                   "gru_with_static_features", "conv_lstm", "batchnorm_between_rnns",
+                                   "bigru_attention")} <= graphs
+    assert len(graphs) >= 30
     assert all(set(c.references) <= set(runner.REFERENCE_FLAVOR) for c in cases)
     assert 5 <= len(QUICK) <= 25
 
