@@ -173,6 +173,8 @@ class TrainStep:
     evaluate: Any = None
     predict: Any = None
     run_jit: Any = None
+    init_jit: Any = None
+    zeros_jit: Any = None
     run_evaluate: Any = None
     run_predict: Any = None
     trace_counts: dict = dataclasses.field(default_factory=lambda: {"train": 0, "evaluate": 0, "predict": 0})
@@ -190,30 +192,26 @@ class TrainStep:
         return ("loss",) + tuple(m.name for m in self.all_metrics) + ("nonfinite_steps",)
 
     def init_accumulators(self) -> Accumulators:
-        """Empty accumulators (replicated over the mesh when there is one)."""
-        acc = Accumulators(
-            jnp.zeros((), jnp.float32),
-            jnp.zeros((), jnp.float32),
-            tuple(m.init() for m in self.all_metrics),
-            jnp.zeros((), jnp.int32),
-        )
-        return self.replicate(acc)
+        """Empty accumulators (replicated over the mesh when there is one), made by one compiled call."""
+        return self.replicate(self.zeros_jit())
 
     def init_state(self, model, *, seed: int = 0) -> TrainState:
         """A fresh ``TrainState`` from ``model``'s current variables (copied: donation never deletes the
-        model's own arrays) and ``optimizer.init``; ``seed`` is the root of dropout and shuffling."""
+        model's own arrays) and ``optimizer.init``; ``seed`` is the root of dropout and shuffling. One compiled
+        call (a dozen small eager ones would each compile on the first call of a process)."""
         _, params, _, other = _split(model)
-        params = jax.tree_util.tree_map(jnp.array, params)
-        other = jax.tree_util.tree_map(jnp.array, other)
-        state = TrainState(
-            params=params,
-            other=other,
+        return self.replicate(self.init_jit(params, other, seed=seed))
+
+    def _init(self, params, other, *, seed: int) -> TrainState:
+        copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
+        return TrainState(
+            params=copy(params),
+            other=copy(other),
             opt_state=self.optimizer.init(params),
             rng=jax.random.key_data(jax.random.key(seed)),
             step=jnp.zeros((), jnp.int32),
-            acc=self.init_accumulators(),
+            acc=self._zero_accumulators(),
         )
-        return self.replicate(state)
 
     def replicate(self, tree):
         """Place ``tree`` replicated on every device of the mesh (no-op without a mesh); no device collective in a
@@ -564,6 +562,8 @@ def make_train_step(
     ts.step = jax.jit(ts._train, donate_argnums=(0,) if donate else (), **replicated)
     ts.evaluate = jax.jit(ts._evaluate, **replicated)
     ts.predict = jax.jit(ts._predict, **replicated)  # replicated: readable by every process of a multi-host run
+    ts.init_jit = jax.jit(ts._init, static_argnames=("seed",))
+    ts.zeros_jit = jax.jit(ts._zero_accumulators)
     ts.run_jit = jax.jit(ts._run, donate_argnums=(1,) if donate else (), static_argnames=("steps", "reset"), **replicated)
     ts.run_evaluate = jax.jit(ts._run_evaluate, static_argnames=("steps",), **replicated)
     ts.run_predict = jax.jit(ts._run_predict, static_argnames=("steps",), **replicated)
