@@ -245,6 +245,11 @@ class MultiHeadAttention(Layer):
     In training (``deterministic=False``) dropout at rate ``dropout`` drops attention weights (after the softmax,
     before the weighted sum), as Keras does.
 
+    Named deviations (``parity.deviations``): Keras 3 deletes the Keras masks of the query, value and key tensors,
+    so layers that read those tensors after the MHA in a Keras 3 graph see no mask; jaxmask keeps them, as tf_keras
+    ("keras3-mha-clears-input-masks"). Both Keras libraries attach the [B, 1, T, S] attention mask to returned
+    scores; jaxmask attaches none ("keras-mha-scores-mask").
+
     Args:
       query_features: F, the query's feature size (Keras infers it when built).
       num_heads: N.
