@@ -165,7 +165,7 @@ def _jsonable(value):
 def _built_input_shape(layer) -> tuple:
     for attr in ("_build_shapes_dict", "_build_input_shape"):
         shape = getattr(layer, attr, None)
-        if isinstance(shape, dict) and len(shape) == 1:
+        if isinstance(shape, dict) and shape:  # Keras 3: {"sequences_shape": ..., "initial_state_shape": ...}
             shape = next(iter(shape.values()))
         if shape is not None and not isinstance(shape, dict):
             return tuple(None if d is None else int(d) for d in shape)
