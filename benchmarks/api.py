@@ -68,6 +68,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def timed_both(fn) -> tuple[float, float]:
+    """(wall seconds, seconds of CPU time of this thread: the Python side, the compiled steps run on XLA's threads)."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    fn()
+    return time.perf_counter() - wall, time.thread_time() - cpu
+
+
 def jaxmask_variants(steps: int) -> dict:
     """{name: a function running ``steps`` steps of that variant}, all compiled and warm."""
     import jax
@@ -243,25 +250,26 @@ def markdown(summary: dict, meta: dict) -> str:
     rows = [
         f"Measured {meta['date']} on {meta['machine']} ({meta['cores']} cores), commit {meta['commit']}, "
         f"`{meta['command']}`: seed shape (64, 100, 8, 100), one process, {meta['rounds']} rounds of "
-        f"{meta['steps']} steps per variant (alternated), medians over rounds; Keras 3 TF in a subprocess between "
-        "the rounds. Ratios: to the raw compiled step (the API's overhead) and to Keras 3 TF's same call "
-        "(< 1: jaxmask faster).",
+        f"{meta['steps']} steps per measurement, medians over rounds. `/ raw step`: median over rounds of the variant's "
+        "time over its raw compiled step's, measured next to it (order alternating); `host ms`: CPU time of the "
+        "Python thread per step (the compiled steps run on XLA's threads); Keras 3 TF in a subprocess between the "
+        "rounds, `/ Keras 3 TF` a ratio of medians (< 1: jaxmask faster).",
         "",
-        "| variant | ms / step | / raw step | Keras 3 TF ms / step | / Keras 3 TF |",
-        "|---|---|---|---|---|",
+        "| variant | ms / step | / raw step | host ms / step | Keras 3 TF ms / step | / Keras 3 TF |",
+        "|---|---|---|---|---|---|",
     ]
     for name, base, keras in ROWS:
         if name not in summary:
             continue
         ms = summary[name]
         k = summary.get(f"keras3-tf {keras}")
-        r_raw = f"{ms / summary[base]:.3f}" if base in summary else ""
-        rows.append(f"| {name} | {ms:.2f} | {r_raw} | {'' if k is None else f'{k:.2f} ({keras})'} | "
-                    f"{'' if k is None else f'{ms / k:.2f}'} |")
+        r_raw = f"{summary[f'{name} / raw']:.3f}" if f"{name} / raw" in summary else ""
+        rows.append(f"| {name} | {ms:.2f} | {r_raw} | {summary.get(f'{name} host ms', float('nan')):.2f} | "
+                    f"{'' if k is None else f'{k:.2f} ({keras})'} | {'' if k is None else f'{ms / k:.2f}'} |")
     first, keras_first = summary.get("jaxmask first call s"), summary.get("keras3-tf first call s")
     if first is not None:
         ratio = f"{first / keras_first:.2f}" if keras_first else ""
-        rows.append(f"| first train_on_batch, fresh process (s) | {first:.2f} | | "
+        rows.append(f"| first train_on_batch, fresh process (s) | {first:.2f} | | | "
                     f"{'' if keras_first is None else f'{keras_first:.2f}'} | {ratio} |")
     return "\n".join(rows)
 
@@ -288,17 +296,39 @@ def main(argv=None):
     variants = jaxmask_variants(args.steps)
     names = list(variants)
     times = {name: [] for name in names}
+    host = {name: [] for name in names}
+    ratios = {name: [] for name, base, _ in ROWS if base is not None}
     children = []
+    per_step = lambda seconds: seconds / args.steps * 1e3  # noqa: E731
     for rnd in range(args.rounds):
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
-        for name in order:
-            times[name].append(timed(variants[name]) / args.steps * 1e3)
+        # each variant next to a fresh measurement of its raw step, in alternating order: a ratio from one pair
+        pairs = [(name, base) for name, base, _ in ROWS if base is not None]
+        pairs = pairs[rnd % len(pairs):] + pairs[: rnd % len(pairs)]
+        done = set()
+        for name, base in pairs:
+            order = (base, name) if rnd % 2 == 0 else (name, base)
+            got = {}
+            for which in order:
+                wall, cpu = timed_both(variants[which])
+                got[which] = wall
+                if which not in done or which == base:
+                    times[which].append(per_step(wall))
+                    host[which].append(per_step(cpu))
+                done.add(which)
+            ratios[name].append(got[name] / got[base])
+        for name in names:
+            if name not in done:
+                wall, cpu = timed_both(variants[name])
+                times[name].append(per_step(wall))
+                host[name].append(per_step(cpu))
         first = run_child("jaxmask-first", args.steps)
         peer = {} if args.no_keras else run_child("keras3-tf", args.steps)
         children.append({"jaxmask": first, "keras3-tf": peer})
         print(f"round {rnd + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}" for n in names) + f"; {first}; {peer}",
               file=sys.stderr)
     summary = {name: float(np.median(v)) for name, v in times.items()}
+    summary.update({f"{name} / raw": float(np.median(v)) for name, v in ratios.items()})
+    summary.update({f"{name} host ms": float(np.median(v)) for name, v in host.items()})
     for key in ("train_on_batch", "fit", "evaluate", "predict_on_batch"):
         vals = [c["keras3-tf"][key] for c in children if key in c["keras3-tf"]]
         if vals:
@@ -315,7 +345,8 @@ def main(argv=None):
             "command": f"python benchmarks/api.py --rounds {args.rounds} --steps {args.steps}",
             "jax": jax.__version__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"meta": meta, "summary": summary, "times": times, "children": children}, indent=1))
+    args.json.write_text(json.dumps({"meta": meta, "summary": summary, "times": times, "host": host, "ratios": ratios,
+                                     "children": children}, indent=1))
     table = markdown(summary, meta)
     print(table)
     if args.readme:
