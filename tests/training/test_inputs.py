@@ -163,6 +163,7 @@ def test_predict_on_a_ragged_list_returns_each_sequence_alone(data, shared):
             np.testing.assert_allclose(o, alone, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_token_sequences_with_embedding_mask_zero():
     """[T_i] int token lists: padded with 0 (the Embedding's mask), trained and predicted per sequence."""
     rngs = nnx.Rngs(0)
@@ -393,8 +394,8 @@ def test_loader_errors_surface_at_their_batch_and_stop_training_closes_the_loade
         (lambda t, g, d: t.fit(iter([(d[0],) * 5]), verbose=0), r"batch 0 of `x` must be a tuple \(x,\), \(x, y\).*received a tuple of 5"),
         (lambda t, g, d: t.fit(iter([(d[0][:4], d[1][:3])]), verbose=0), r"batch 0 of `x`: `x` and `y` must hold the same number"),
         (lambda t, g, d: t.fit(iter([(d[0][:4], d[1][:4], None, d[2][:4, :5])]), verbose=0), r"batch 0 of `x`: `mask` must be bool \[N, T\] = \(4, 12\)"),
-        (lambda t, g, d: t.fit((d[0], d[2]), d[1], sample_weight=np.ones(d[0].shape[:2]), validation_data=iter([(d[0][:4], d[1][:4])]),
-                               epochs=2, verbose=0),
+        (lambda t, g, d: t.fit((d[0], d[2]), d[1], sample_weight=np.ones(d[0].shape[:2]),
+                               validation_data=iter(batches_of(*d)[:1]), epochs=2, verbose=0),
          r"`validation_data` gave no batch for epoch 1"),
         (lambda t, g, d: t.predict(g, mask=d[2]), r"`mask` cannot be passed when `x` is a stream"),
     ],
