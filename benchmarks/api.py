@@ -249,7 +249,8 @@ ROWS = [  # (variant, the raw step it is compared with, the Keras 3 TF figure it
 def markdown(summary: dict, meta: dict) -> str:
     rows = [
         f"Measured {meta['date']} on {meta['machine']} ({meta['cores']} cores), commit {meta['commit']}, "
-        f"`{meta['command']}`: seed shape (64, 100, 8, 100), one process, {meta['rounds']} rounds of "
+        f"`{meta['command']}` (matmul peak {meta['matmul_gflops']:.0f} GFLOP/s at the start): seed shape "
+        f"(64, 100, 8, 100), one process, {meta['rounds']} rounds of "
         f"{meta['steps']} steps per measurement, medians over rounds. `/ raw step`: median over rounds of the variant's "
         "time over its raw compiled step's, measured next to it (order alternating); `host ms`: CPU time of the "
         "Python thread per step (the compiled steps run on XLA's threads); Keras 3 TF in a subprocess between the "
@@ -293,6 +294,9 @@ def main(argv=None):
     import jaxmask as jm
 
     jm.perf.configure_cpu_allocator()
+    from peers import matmul_peak
+
+    peak = matmul_peak()
     variants = jaxmask_variants(args.steps)
     names = list(variants)
     times = {name: [] for name in names}
@@ -343,7 +347,7 @@ def main(argv=None):
     meta = {"date": datetime.date.today().isoformat(), "machine": machine, "cores": os.cpu_count(),
             "commit": commit.strip() or "unknown", "rounds": args.rounds, "steps": args.steps,
             "command": f"python benchmarks/api.py --rounds {args.rounds} --steps {args.steps}",
-            "jax": jax.__version__}
+            "jax": jax.__version__, "matmul_gflops": peak}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "summary": summary, "times": times, "host": host, "ratios": ratios,
                                      "children": children}, indent=1))
