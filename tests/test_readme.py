@@ -33,7 +33,7 @@ def test_readme_take_over_example_runs(tmp_path, monkeypatch):
     import pytest
 
     keras = pytest.importorskip("keras")
-    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
     monkeypatch.chdir(tmp_path)
     scope = {}
     exec(compile(code, str(README), "exec"), scope)
@@ -44,3 +44,17 @@ def test_readme_take_over_example_runs(tmp_path, monkeypatch):
     loaded, _ = __import__("jaxmask").keras_io.load_model(tmp_path / "m.keras")(x)
     np.testing.assert_allclose(np.asarray(loaded), want, atol=1e-5)
     assert isinstance(scope["back"], keras.Model)
+
+
+def test_readme_streaming_example_runs():
+    """The streaming example (after the seed's): a PyDataset-like object with a different T per batch trains,
+    and a generator evaluates to the mean of the losses its batches give as arrays (Keras weights batch losses
+    by batch size; these are all 16 rows)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    scope = {}
+    exec(compile(blocks[0], str(README), "exec"), scope)
+    exec(compile(blocks[1], str(README), "exec"), scope)
+    history, logs, shards, trainer = scope["history"], scope["logs"], scope["Shards"](), scope["trainer"]
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+    per_batch = [trainer.evaluate(*shards[i]) for i in range(3)]
+    np.testing.assert_allclose(logs["loss"], np.mean([d["loss"] for d in per_batch]), rtol=1e-5)
