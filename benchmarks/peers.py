@@ -95,7 +95,7 @@ def bench_jaxmask(x, y, mask, h, reps, remat=False):
     return time_steps(train, infer, reps)
 
 
-def bench_jaxmask_steps(x, y, h=100, remat=False):
+def bench_jaxmask_steps(x, y, h=100, remat=False, unroll=1):
     """The seed model's raw jitted train and inference steps (``train(block=True)``, ``infer()``)."""
     import jax.numpy as jnp
     import optax
@@ -108,7 +108,7 @@ def bench_jaxmask_steps(x, y, h=100, remat=False):
     rngs = nnx.Rngs(0)
     model = jm.nn.Sequential([
         jm.nn.Masking(0.0),
-        jm.nn.LSTM(f, h, return_sequences=True, remat=remat, rngs=rngs),
+        jm.nn.LSTM(f, h, return_sequences=True, remat=remat, unroll=unroll, rngs=rngs),
         jm.nn.Dropout(0.5, rngs=rngs),
         jm.nn.Dense(h, 1, activation="sigmoid", rngs=rngs),
     ])

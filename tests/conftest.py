@@ -21,3 +21,28 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    """One XLA compilation cache for the run, shared by the xdist workers (started after this hook, they inherit
+    the environment): the many tests that compile the same small models compile each program once. A fresh
+    directory per run, so a run costs what it costs on a clean machine; ``JAXMASK_TEST_XLA_CACHE`` picks one
+    (``off``: no cache)."""
+    if os.environ.get("JAXMASK_TEST_XLA_CACHE") == "off":
+        return
+    if not os.environ.get("JAXMASK_TEST_XLA_CACHE"):
+        import tempfile
+
+        os.environ["JAXMASK_TEST_XLA_CACHE"] = config._jaxmask_xla_cache = tempfile.mkdtemp(prefix="jaxmask-xla-cache-")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAXMASK_TEST_XLA_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    """Remove the run's cache directory (in the process that made it, after the workers are done)."""
+    made = getattr(config, "_jaxmask_xla_cache", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)

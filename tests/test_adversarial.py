@@ -135,6 +135,7 @@ def _strace_works() -> bool:
 
 
 @pytest.mark.skipif(not _strace_works(), reason="strace is not available or ptrace is not permitted")
+@pytest.mark.slow  # the audit-hook test below runs by default
 def test_system_calls_during_loads_touch_only_the_loaded_file(crafted, tmp_path):
     """The audit hook cannot see the HDF5 C library; strace can. Between the markers that bracket each load,
     the only file system, network or process calls are: opening the loaded file, fstat on it, and HDF5's

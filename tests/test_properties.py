@@ -237,6 +237,7 @@ def test_masked_loss_equals_reduction_of_sliced_valid_steps(case):
         np.testing.assert_array_equal(grad[zero_w], 0.0)
 
 
+@pytest.mark.slow  # test_losses.py::test_values_under_jit_equal_eager runs by default
 @given(loss_cases())
 def test_masked_loss_jit_equals_eager(case):
     """The jitted value and gradient equal op-by-op execution (padding poisoned, every profile)."""
@@ -363,6 +364,7 @@ def test_rnn_matches_loop_reference_and_ignores_padding(case):
             np.testing.assert_array_equal(np.asarray(got), start)
 
 
+@pytest.mark.slow  # test_rnn.py::test_jit_equals_eager_and_compiles_once runs by default
 @given(rnn_cases())
 def test_rnn_jit_equals_eager(case):
     """The jitted scan equals op-by-op execution (``jax.disable_jit``: the scan runs as a Python loop),

@@ -290,8 +290,10 @@ def test_bad_input_messages():
 
 @pytest.mark.parametrize("pattern", ["post", "holes", "fully_masked_row", "none"])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("remat", [False, True])
-@pytest.mark.parametrize("with_dropout", [False, True])
+@pytest.mark.parametrize(("remat", "with_dropout"), [
+    (False, False), (True, True),
+    pytest.param(True, False, marks=pytest.mark.slow), pytest.param(False, True, marks=pytest.mark.slow),
+])
 def test_fused_lstm_equals_plain_scan(pattern, go_backwards, remat, with_dropout):
     """The hand-written VJP path and autodiff of the plain scan give the same values and gradients."""
     rng = np.random.default_rng(1)

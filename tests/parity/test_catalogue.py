@@ -60,6 +60,7 @@ def test_quick_case(case, reference):
 
 
 @pytest.mark.keras
+@pytest.mark.slow  # `python -m parity --reference all` runs the same cases
 def test_keras3_jax_backend_in_one_subprocess(tmp_path):
     """Keras 3 on JAX: a model case, a layer case with initial_state (documented deviation) and a trajectory,
     all in one child process; plus from_keras / to_keras there."""

@@ -16,6 +16,7 @@ from tests.training.crash_harness import MID_SAVE, campaign
 FIXED_PLANS = ["save:state-partial:2", "timed:0.5", "save:fsync-tmp:3", "save:prune-partial:3", "delete:1"]
 
 
+@pytest.mark.slow  # test_resume.py's SIGKILL case runs by default
 def test_five_kills_resume_bit_exact(tmp_path):
     summary = campaign(5, seed=0, root=str(tmp_path), plans=FIXED_PLANS, log=lambda *_: None)
     assert summary["kills"] == 5
