@@ -21,7 +21,8 @@ masked binary cross-entropy; B=64, T=100, F=8) is timed per step through
 Every measurement is ``steps`` consecutive calls timed together (``block_until_ready`` at the end); the variants
 alternate inside each round, their order rotating between rounds, and a figure is the median over rounds.
 ``first call s``: the first ``train_on_batch`` of a fresh process (compilation included, imports excluded), one
-subprocess per round for jaxmask and for Keras.
+subprocess per round for jaxmask and for Keras; and for jaxmask with ``jm.perf.enable_compilation_cache`` in a
+fresh process after another one filled the cache.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -172,10 +174,13 @@ def jaxmask_variants(steps: int) -> dict:
     return variants
 
 
-def child_jaxmask_first() -> dict:
+def child_jaxmask_first(cache_dir: str | None = None) -> dict:
     import optax
 
     import jaxmask as jm
+
+    if cache_dir:
+        jm.perf.enable_compilation_cache(cache_dir)
 
     x, y, _ = make_data(B, T, F)
     trainer = jm.Trainer(seed_model(), optax.adam(1e-3), "binary_crossentropy")
@@ -221,9 +226,10 @@ def child_keras(steps: int) -> dict:
     return out
 
 
-def run_child(kind: str, steps: int) -> dict:
+def run_child(kind: str, steps: int, cache_dir: str | None = None) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps)], env=env,
+    extra = ["--cache-dir", cache_dir] if cache_dir else []
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps), *extra], env=env,
                           capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
@@ -267,11 +273,13 @@ def markdown(summary: dict, meta: dict) -> str:
         r_raw = f"{summary[f'{name} / raw']:.3f}" if f"{name} / raw" in summary else ""
         rows.append(f"| {name} | {ms:.2f} | {r_raw} | {summary.get(f'{name} host ms', float('nan')):.2f} | "
                     f"{'' if k is None else f'{k:.2f} ({keras})'} | {'' if k is None else f'{ms / k:.2f}'} |")
-    first, keras_first = summary.get("jaxmask first call s"), summary.get("keras3-tf first call s")
-    if first is not None:
-        ratio = f"{first / keras_first:.2f}" if keras_first else ""
-        rows.append(f"| first train_on_batch, fresh process (s) | {first:.2f} | | | "
-                    f"{'' if keras_first is None else f'{keras_first:.2f}'} | {ratio} |")
+    keras_first = summary.get("keras3-tf first call s")
+    for key, label in (("jaxmask first call s", "first train_on_batch, fresh process (s)"),
+                       ("jaxmask-cached first call s", "the same, `jm.perf.enable_compilation_cache()` warm (s)")):
+        first = summary.get(key)
+        if first is not None:
+            ratio = f"{first / keras_first:.2f}" if keras_first else ""
+            rows.append(f"| {label} | {first:.2f} | | | {'' if keras_first is None else f'{keras_first:.2f}'} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -283,9 +291,10 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=Path("out/api.json"))
     ap.add_argument("--readme", type=Path, help="rewrite the table between the api-table markers in this file")
     ap.add_argument("--child", choices=["keras3-tf", "jaxmask-first"], help=argparse.SUPPRESS)
+    ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        out = child_keras(args.steps) if args.child == "keras3-tf" else child_jaxmask_first()
+        out = child_keras(args.steps) if args.child == "keras3-tf" else child_jaxmask_first(args.cache_dir)
         print(json.dumps(out))
         return
 
@@ -326,8 +335,11 @@ def main(argv=None):
                 times[name].append(per_step(wall))
                 host[name].append(per_step(cpu))
         first = run_child("jaxmask-first", args.steps)
+        with tempfile.TemporaryDirectory() as cache:  # the first process fills the cache, the second is timed
+            run_child("jaxmask-first", args.steps, cache)
+            cached = run_child("jaxmask-first", args.steps, cache)
         peer = {} if args.no_keras else run_child("keras3-tf", args.steps)
-        children.append({"jaxmask": first, "keras3-tf": peer})
+        children.append({"jaxmask": first, "jaxmask-cached": cached, "keras3-tf": peer})
         print(f"round {rnd + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}" for n in names) + f"; {first}; {peer}",
               file=sys.stderr)
     summary = {name: float(np.median(v)) for name, v in times.items()}
@@ -337,7 +349,7 @@ def main(argv=None):
         vals = [c["keras3-tf"][key] for c in children if key in c["keras3-tf"]]
         if vals:
             summary[f"keras3-tf {key}"] = float(np.median(vals))
-    for side in ("jaxmask", "keras3-tf"):
+    for side in ("jaxmask", "jaxmask-cached", "keras3-tf"):
         vals = [c[side]["first_call_s"] for c in children if "first_call_s" in c[side]]
         if vals:
             summary[f"{side} first call s"] = float(np.median(vals))

@@ -34,3 +34,32 @@ def configure_cpu_allocator() -> bool:
         return False
     _configured = ok
     return ok
+
+
+def enable_compilation_cache(directory: str | None = None) -> str:
+    """Keep compiled XLA programs on disk, so a fresh process skips compiling what an earlier one compiled.
+
+    A new Python process compiles the train step again (seconds on XLA:CPU for an LSTM step; Keras 3 on
+    TensorFlow re-traces its ``tf.function`` in every process too). With this on, the first ``train_on_batch``
+    of any later process with the same model, shapes, JAX version and flags loads the executable instead
+    (``python benchmarks/api.py`` measures both). This sets JAX's own persistent cache
+    (``jax_compilation_cache_dir``) for every program, however short its compile time; entries are keyed by
+    the program and compiler, so a stale one is never used. Call it before the first compilation.
+
+    Args:
+      directory: where to keep the programs; default ``$JAXMASK_CACHE_DIR`` or ``~/.cache/jaxmask/xla``.
+
+    Returns:
+      The directory used.
+    """
+    import os
+
+    import jax
+
+    directory = directory or os.environ.get("JAXMASK_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "jaxmask", "xla")
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory

@@ -34,9 +34,9 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["JAXMASK_TEST_XLA_CACHE"] = config._jaxmask_xla_cache = tempfile.mkdtemp(prefix="jaxmask-xla-cache-")
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAXMASK_TEST_XLA_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    import jaxmask as jm
+
+    jm.perf.enable_compilation_cache(os.environ["JAXMASK_TEST_XLA_CACHE"])
 
 
 def pytest_unconfigure(config):
