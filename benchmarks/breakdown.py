@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from peers import SHAPES, bench_jaxmask_steps, make_data  # noqa: E402
+from peers import SHAPES, bench_jaxmask_steps, make_data, median_time  # noqa: E402
 
 
 def _timer(fn):
@@ -119,12 +118,7 @@ def main(argv=None) -> int:
     per_round = {n: [] for n in names}
     for r in range(args.rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            times = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                fns[n]()
-                times.append(time.perf_counter() - t0)
-            per_round[n].append(float(np.median(times)))
+            per_round[n].append(median_time(fns[n], args.reps))
     result = {n: 1e3 * float(np.median(v)) for n, v in per_round.items()}
     print(f"{args.shape} (B, T, F, H) = {(b, t, f, h)}: median ms over {args.rounds} rounds of {args.reps}")
     for n, ms in result.items():

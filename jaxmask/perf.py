@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -52,8 +53,6 @@ def enable_compilation_cache(directory: str | None = None) -> str:
     Returns:
       The directory used.
     """
-    import os
-
     import jax
 
     directory = directory or os.environ.get("JAXMASK_CACHE_DIR") or os.path.join(

@@ -279,7 +279,6 @@ class Trainer:
         Traces the model and the loss once per input layout (no compilation), so shape errors surface
         before training starts, with the loss' own message where the loss refuses the labels.
         """
-        spec = lambda a: jax.ShapeDtypeStruct((2,) + a.shape[1:], a.dtype)  # noqa: E731
         leaves, structure = jax.tree_util.tree_flatten((data.x, data.y, data.mask, data.sample_weight))
         key = (structure, tuple((a.shape[1:], a.dtype.str) for a in leaves))
         if key in self._checked:
@@ -313,7 +312,7 @@ class Trainer:
         if several and isinstance(self._loss, OutputLosses):
             self._check_output_losses(data, preds, out_mask, prefix)
         batch = jax.tree_util.tree_map(
-            spec, {"x": data.x, "y": data.y, "mask": data.mask, "sample_weight": data.sample_weight}
+            _two_rows, {"x": data.x, "y": data.y, "mask": data.mask, "sample_weight": data.sample_weight}
         )
         probe = self._predictor
         params, other = nnx.split(self.model, nnx.Param, nnx.RngState, ...)[1::2]
@@ -323,7 +322,7 @@ class Trainer:
 
     def _check_output_losses(self, data: ArrayData, preds, masks, prefix: str) -> None:
         """Trace each output's loss alone, so that a loss refusing its labels names the output."""
-        two = lambda a: None if a is None else jax.ShapeDtypeStruct((2,) + tuple(a.shape[1:]), a.dtype)  # noqa: E731
+        two = lambda a: None if a is None else _two_rows(a)  # noqa: E731
         n = len(preds)
         for j, name in enumerate(self.layout.output_names):
             if self._loss.losses[j] is None or data.y[j] is None:
@@ -584,10 +583,8 @@ class Trainer:
                 lengths = check_boundaries(bucket_by_length, np.zeros(1, np.int64), 2**31)
                 self.layout = dataclasses.replace(layout, bucket_lengths=tuple(lengths))
             start_step = 0 if self.state is None else int(self.state.step)
-            raws = source.epoch(initial_epoch, epoch_rng(self.seed, start_step, initial_epoch) if shuffle else None)
-            first_raw = next(raws)
-            self._stream_batch(first_raw, "batch 0 of `x`", require_y=True, build=True)
-            pending = itertools.chain([first_raw], raws)
+            rng = epoch_rng(self.seed, start_step, initial_epoch) if shuffle else None
+            pending = self._stream_start(source, initial_epoch, rng)
             batch_size = None
             buckets = None
         else:
@@ -772,9 +769,9 @@ class Trainer:
                 self._check_finite(batch, np.arange(data.n), f"batch {i} of epoch {epoch}")
             yield i, data, place_batch(batch, self.mesh, process_local=True)  # per process: its share
 
-    def _stream_start(self, source: Stream, *, require_y: bool = True):
-        """The raw batches of ``source``'s next epoch, the Trainer built on the first one."""
-        raws = source.epoch(0)
+    def _stream_start(self, source: Stream, epoch: int = 0, rng=None, *, require_y: bool = True):
+        """The raw batches of ``source``'s epoch ``epoch`` (order from ``rng``), the Trainer built on the first one."""
+        raws = source.epoch(epoch, rng)
         first = next(raws)
         self._stream_batch(first, f"batch 0 of `{source.name}`", require_y=require_y, build=require_y)
         return itertools.chain([first], raws)
@@ -1109,6 +1106,11 @@ class _Work(NamedTuple):
     steps: int
 
 
+def _two_rows(a) -> jax.ShapeDtypeStruct:
+    """The shape of ``a`` with a batch of 2: what the label checks trace the model and the loss on."""
+    return jax.ShapeDtypeStruct((2,) + tuple(a.shape[1:]), a.dtype)
+
+
 def _arrays(data: ArrayData) -> dict:
     return {"x": data.x, "y": data.y, "mask": data.mask, "sample_weight": data.sample_weight}
 
@@ -1166,6 +1168,7 @@ def _predicted(y_pred, out_mask, t: int, lengths, padded_value, ragged: bool):
     if lengths is not None and per_step:
         return [y_pred[i, : lengths[i]] for i in range(len(y_pred))]
     return y_pred
+
 
 def load_weights(model, path) -> None:
     """Load weights written by ``Trainer.save_weights`` / ``ModelCheckpoint`` into ``model`` (same architecture).
